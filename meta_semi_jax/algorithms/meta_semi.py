@@ -1,0 +1,57 @@
+"""Meta-Semi (Algorithm 1): pseudo-label, MixUp, meta-reweight, update.
+
+1. Soft pseudo labels of U from the EMA model (Sec. 3.3).
+2. ``X~ = MixUp(X, Shuffle(X))``, ``U~ = MixUp(Concat(X, U), Shuffle(...))`` (Eqs. 12-13).
+3. Meta scores ``s_j`` of every example of U~ against the labeled gradient (Eq. 10).
+4. 0-1 weights ``w_j = [s_j >= 0]`` (Eq. 9).
+5. Gradient of ``L_meta = sum_j w_j L_j / sum_j w_j`` (Eq. 1) with the weights held fixed.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, forward_train,
+                                             per_example_loss_fn, pmean_if, psum_if,
+                                             pseudo_labels)
+from meta_semi_jax.losses import soft_cross_entropy
+from meta_semi_jax.meta import meta_scores, meta_weights, weighted_loss
+from meta_semi_jax.mixup import mixup_labeled_and_unlabeled
+from meta_semi_jax.parallel import gather_global, local_shard
+from meta_semi_jax.state import TrainState
+
+
+def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
+              axis_name: str | None = None) -> Gradients:
+    """Global gradient of Eq. (1) for one Meta-Semi step, and its diagnostics.
+
+    ``key`` must be the same on every device of ``axis_name``.
+
+    Metrics: ``loss`` (Eq. 1 on the global batch), ``selected`` (mean of w, the share
+    of U~ used), ``labeled_loss`` (mean loss on X~), ``mean_score``.
+    """
+    one_hot = jax.nn.one_hot(batch.labels, hparams.num_classes)
+    targets_u = pseudo_labels(state, batch.unlabeled_images, hparams.teacher_bn_mode)
+    # MixUp partners are drawn from the global batch, so the step does not depend on
+    # how many devices share it; each device then keeps its slice of X~ and U~.
+    global_inputs = gather_global(
+        (batch.labeled_images, one_hot, batch.unlabeled_images, targets_u), axis_name)
+    mixed_x, mixed_u = local_shard(
+        mixup_labeled_and_unlabeled(key, *global_inputs, hparams.beta), axis_name)
+    loss_fn = per_example_loss_fn(state)
+    scores = meta_scores(loss_fn, state.params, tuple(mixed_x), tuple(mixed_u),
+                         hparams.meta_grad, axis_name=axis_name)
+    weights = meta_weights(scores)
+
+    def objective(params):
+        logits, batch_stats = forward_train(state, params, mixed_u.inputs)
+        return weighted_loss(soft_cross_entropy(logits, mixed_u.targets), weights,
+                             axis_name), batch_stats
+
+    (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    labeled_loss = jnp.mean(loss_fn(state.params, tuple(mixed_x)))
+    metrics = {"loss": psum_if(loss, axis_name),
+               "selected": pmean_if(jnp.mean(weights), axis_name),
+               "labeled_loss": pmean_if(labeled_loss, axis_name),
+               "mean_score": pmean_if(jnp.mean(scores), axis_name)}
+    return Gradients(psum_if(grads, axis_name), pmean_if(batch_stats, axis_name), metrics)

@@ -1,0 +1,94 @@
+"""Checks of a run's config, before anything is computed or written.
+
+Every problem is reported as one ``ConfigError`` line that names the field, the bad
+value and what is allowed; ``main`` prints it and exits with status 2.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import ml_collections
+
+from meta_semi_jax.algorithms import ALGORITHMS
+from meta_semi_jax.data import DATASETS
+from meta_semi_jax.meta import META_GRAD_METHODS
+from meta_semi_jax.models import MODELS
+from meta_semi_jax.optim import LR_SCHEDULES, OPTIMIZERS
+from meta_semi_jax.parallel import PARALLEL_MODES
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be run; the message is one line for the user."""
+
+
+CHOICES: dict[str, Iterable[str]] = {
+    "algorithm": ALGORITHMS,
+    "model": MODELS,
+    "dataset": DATASETS,
+    "meta_grad": META_GRAD_METHODS,
+    "teacher_bn_mode": ("train", "eval"),
+    "optimizer": OPTIMIZERS,
+    "lr_schedule": LR_SCHEDULES,
+    "parallel": PARALLEL_MODES,
+}
+
+# field -> (test, what the field allows)
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_labels": (lambda v: v > 0, "a positive integer"),
+    "num_validation": (lambda v: v > 0, "a positive integer"),
+    "num_train_steps": (lambda v: v > 0, "a positive integer"),
+    "eval_every_steps": (lambda v: v > 0, "a positive integer"),
+    "log_every_steps": (lambda v: v > 0, "a positive integer"),
+    "labeled_batch_size": (lambda v: v > 0, "a positive integer"),
+    "unlabeled_batch_size": (lambda v: v > 0, "a positive integer"),
+    "eval_batch_size": (lambda v: v > 0, "a positive integer"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "split_seed": (lambda v: v >= 0, "an integer >= 0"),
+    "translate": (lambda v: v >= 0, "an integer >= 0"),
+    "beta": (lambda v: v > 0, "a number > 0"),
+    "ema_decay": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "learning_rate": (lambda v: v > 0, "a number > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+}
+
+DIVISIBLE_BY_DEVICES = ("labeled_batch_size", "unlabeled_batch_size", "eval_batch_size")
+
+
+def _fail(config: ml_collections.ConfigDict, field: str, allowed: str) -> ConfigError:
+    return ConfigError(f"config.{field}={config[field]!r} is not allowed: {allowed}")
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raises ``ConfigError`` for the first field whose value cannot be run."""
+    for field, allowed in CHOICES.items():
+        if config[field] not in allowed:
+            raise _fail(config, field, "choose one of " + ", ".join(sorted(allowed)))
+    for field, (test, allowed) in RANGES.items():
+        if not test(config[field]):
+            raise _fail(config, field, f"it must be {allowed}")
+    for field in DIVISIBLE_BY_DEVICES:
+        if config[field] % num_devices:
+            raise _fail(config, field,
+                        f"it must be a multiple of the number of devices ({num_devices})")
+    num_classes = DATASETS[config.dataset].num_classes
+    for field in ("num_labels", "num_validation"):
+        if config[field] % num_classes:
+            raise _fail(config, field, f"it must be a multiple of the {num_classes} classes "
+                        f"of {config.dataset}, the same number per class")
+
+
+def check_split_sizes(config: ml_collections.ConfigDict, max_per_class: int,
+                      num_classes: int, num_unlabeled: int) -> None:
+    """Checks the label count and batch sizes against the data actually loaded."""
+    if config.num_labels // num_classes > max_per_class:
+        raise _fail(config, "num_labels",
+                    f"{config.dataset} keeps at most {max_per_class} labels per class after "
+                    f"holding out {config.num_validation} for validation, i.e. at most "
+                    f"{max_per_class * num_classes} labels")
+    if config.labeled_batch_size > config.num_labels:
+        raise _fail(config, "labeled_batch_size",
+                    f"it must not exceed the {config.num_labels} labeled examples")
+    if config.unlabeled_batch_size > num_unlabeled:
+        raise _fail(config, "unlabeled_batch_size",
+                    f"it must not exceed the {num_unlabeled} unlabeled examples")

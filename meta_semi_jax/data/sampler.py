@@ -1,0 +1,68 @@
+"""Batches drawn on the device from arrays that live on the device.
+
+The training arrays are copied to every device once, as uint8. Each step computes
+its global batch indices from (key, step) alone, a fresh permutation of each pool
+per epoch (an epoch is one pass over that pool), so no host work happens per step
+and a resumed run draws the same batches. Each device gathers, normalises and
+augments its contiguous slice of the global batch.
+"""
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from meta_semi_jax.algorithms.common import SSLBatch
+from meta_semi_jax.augment import augment, example_keys, normalize
+from meta_semi_jax.parallel import global_example_ids, local_shard
+
+
+@flax.struct.dataclass
+class DeviceData:
+    """Training pools kept on the device (raw uint8 images) and the normalisation."""
+    labeled_images: jax.Array
+    labeled_labels: jax.Array
+    unlabeled_images: jax.Array
+    mean: jax.Array
+    std: jax.Array
+
+
+def epoch_shuffled_indices(key: jax.Array, step: jax.Array, batch_size: int,
+                           pool_size: int) -> jax.Array:
+    """Indices of the ``step``-th batch when a pool is read in a new random order each epoch.
+
+    Position ``p = step * batch_size + k`` of the stream is element ``p mod pool_size`` of
+    epoch ``p // pool_size``'s permutation. Needs ``batch_size <= pool_size``, so a batch
+    spans at most two epochs.
+    """
+    positions = step * batch_size + jnp.arange(batch_size)
+    epochs = positions // pool_size
+    first = epochs[0]
+    this_epoch = jax.random.permutation(jax.random.fold_in(key, first), pool_size)
+    next_epoch = jax.random.permutation(jax.random.fold_in(key, first + 1), pool_size)
+    within = positions % pool_size
+    return jnp.where(epochs == first, this_epoch[within], next_epoch[within])
+
+
+def sample_batch(data: DeviceData, key: jax.Array, step: jax.Array, *,
+                 labeled_batch_size: int, unlabeled_batch_size: int, translate: int,
+                 flip: bool, axis_name: str | None = None) -> SSLBatch:
+    """This device's share of the step's global batch, normalised and augmented.
+
+    Batch sizes are global; each device takes ``size / num_devices`` examples.
+    """
+    k_lab, k_unl, k_aug_lab, k_aug_unl = jax.random.split(key, 4)
+    lab_idx = local_shard(epoch_shuffled_indices(
+        k_lab, step, labeled_batch_size, data.labeled_images.shape[0]), axis_name)
+    unl_idx = local_shard(epoch_shuffled_indices(
+        k_unl, step, unlabeled_batch_size, data.unlabeled_images.shape[0]), axis_name)
+
+    def prepare(images: jax.Array, aug_key: jax.Array) -> jax.Array:
+        keys = example_keys(jax.random.fold_in(aug_key, step),
+                            global_example_ids(images.shape[0], axis_name))
+        return augment(keys, normalize(images, data.mean, data.std), translate=translate,
+                       flip=flip)
+
+    return SSLBatch(labeled_images=prepare(data.labeled_images[lab_idx], k_aug_lab),
+                    labels=data.labeled_labels[lab_idx],
+                    unlabeled_images=prepare(data.unlabeled_images[unl_idx], k_aug_unl))

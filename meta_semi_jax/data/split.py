@@ -1,0 +1,59 @@
+"""The semi-supervised split: validation, labeled and unlabeled indices of a training pool.
+
+A pure function of (labels, num_labels, num_validation, seed): the same arguments give
+the same split on every machine (Appendix C: labels kept evenly per class, validation
+held out from the training set, all other samples unlabeled).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import NamedTuple
+
+import numpy as np
+
+
+class SplitIndices(NamedTuple):
+    """Indices into the training pool."""
+    labeled: np.ndarray
+    unlabeled: np.ndarray
+    validation: np.ndarray
+
+    def digest(self) -> str:
+        """A short hash of the three index arrays, to pin a split in logs and results."""
+        h = hashlib.sha256()
+        for part in self:
+            h.update(np.ascontiguousarray(part, np.int64).tobytes())
+            h.update(b"|")
+        return h.hexdigest()[:16]
+
+
+def max_labels_per_class(labels: np.ndarray, num_classes: int, num_validation: int) -> int:
+    """The most labels per class a split can keep after holding out the validation set."""
+    counts = np.bincount(labels, minlength=num_classes)
+    return int(counts.min()) - num_validation // num_classes
+
+
+def ssl_split(labels: np.ndarray, num_classes: int, num_labels: int, num_validation: int,
+              seed: int, unlabeled_includes_labeled: bool = False) -> SplitIndices:
+    """Holds out ``num_validation`` examples, then keeps ``num_labels`` labels, both spread
+    evenly over the classes; every remaining example is unlabeled.
+
+    With ``unlabeled_includes_labeled`` the labeled examples are also put into the
+    unlabeled set (ICT's code does this; MixMatch's and the paper's wording do not).
+    """
+    if num_labels % num_classes or num_validation % num_classes:
+        raise ValueError("num_labels and num_validation must be multiples of the class count")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    per_class_val = num_validation // num_classes
+    per_class_lab = num_labels // num_classes
+    validation, labeled = [], []
+    for c in range(num_classes):
+        members = order[labels[order] == c]
+        validation.append(members[:per_class_val])
+        labeled.append(members[per_class_val:per_class_val + per_class_lab])
+    validation = np.sort(np.concatenate(validation))
+    labeled = np.sort(np.concatenate(labeled))
+    excluded = validation if unlabeled_includes_labeled else np.concatenate([validation, labeled])
+    unlabeled = np.setdiff1d(np.arange(len(labels)), excluded)
+    return SplitIndices(labeled, unlabeled, validation)

@@ -1,0 +1,14 @@
+"""Per-example losses used by Meta-Semi and the baselines."""
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """``L(y, p) = -sum_k y_k log softmax(logits)_k`` per example, for soft targets.
+
+    The loss ``L`` of Eqs. (1)-(3): mixed one-hot labels (Eq. 11) and soft EMA
+    pseudo labels (Sec. 3.3) are both probability vectors. Returns ``[B]``.
+    """
+    return optax.softmax_cross_entropy(logits, targets)

@@ -1,0 +1,57 @@
+"""MixUp on the device (paper Sec. 3.3, Eqs. 11-13).
+
+One mixing coefficient per batch, drawn from Beta(beta, beta) and used as drawn
+(no ``max(lam, 1 - lam)``), as in ICT, the paper's reference for CNN-13.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Mixed(NamedTuple):
+    """A mixed batch: inputs and their soft targets."""
+    inputs: jax.Array
+    targets: jax.Array
+
+
+def sample_mixup_lambda(key: jax.Array, beta: float) -> jax.Array:
+    """``lam ~ Beta(beta, beta)`` (Eqs. 12, 13); beta is Meta-Semi's only hyper-parameter."""
+    return jax.random.beta(key, beta, beta)
+
+
+def mixup(x1: jax.Array, y1: jax.Array, x2: jax.Array, y2: jax.Array,
+          lam: jax.Array) -> Mixed:
+    """Eq. (11): ``x~ = lam x1 + (1 - lam) x2`` and ``y~ = lam y1 + (1 - lam) y2``."""
+    lam_x = jnp.asarray(lam, x1.dtype)
+    lam_y = jnp.asarray(lam, y1.dtype)
+    return Mixed(lam_x * x1 + (1 - lam_x) * x2, lam_y * y1 + (1 - lam_y) * y2)
+
+
+def mixup_with_shuffle(key: jax.Array, inputs: jax.Array, targets: jax.Array,
+                       lam: jax.Array) -> Mixed:
+    """``MixUp(B, Shuffle(B), lam)`` of Eqs. (12) and (13): each example is mixed with
+    a partner drawn by one random permutation of the same batch."""
+    order = jax.random.permutation(key, inputs.shape[0])
+    return mixup(inputs, targets, inputs[order], targets[order], lam)
+
+
+def mixup_labeled_and_unlabeled(key: jax.Array, images: jax.Array, one_hot_labels: jax.Array,
+                                unlabeled_images: jax.Array, pseudo_labels: jax.Array,
+                                beta: float) -> tuple[Mixed, Mixed]:
+    """Eqs. (12)-(13): ``X~ = MixUp(X, Shuffle(X), lam1)`` and
+    ``U~ = MixUp(W, Shuffle(W), lam2)`` with ``W = Concat(X, U)``.
+
+    ``X`` carries one-hot labels and ``U`` its soft pseudo labels; ``U~`` has
+    ``|X| + |U|`` examples.
+    """
+    k_lam1, k_perm1, k_lam2, k_perm2 = jax.random.split(key, 4)
+    mixed_labeled = mixup_with_shuffle(
+        k_perm1, images, one_hot_labels, sample_mixup_lambda(k_lam1, beta))
+    w_inputs = jnp.concatenate([images, unlabeled_images])
+    w_targets = jnp.concatenate([one_hot_labels, pseudo_labels.astype(one_hot_labels.dtype)])
+    mixed_unlabeled = mixup_with_shuffle(
+        k_perm2, w_inputs, w_targets, sample_mixup_lambda(k_lam2, beta))
+    return mixed_labeled, mixed_unlabeled

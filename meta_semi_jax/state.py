@@ -1,0 +1,38 @@
+"""The train state: parameters, BatchNorm statistics, optimiser state and their EMA."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import optax
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+    """flax's TrainState plus BatchNorm statistics and the EMA model of Sec. 3.3.
+
+    ``apply_fn`` must accept ``(variables, inputs, train=bool, mutable=...)`` like
+    ``flax.linen.Module.apply`` for a module whose ``__call__(x, train)`` uses
+    ``nn.BatchNorm(use_running_average=not train)``. Models without BatchNorm
+    simply have an empty ``batch_stats``.
+    """
+    batch_stats: Any
+    ema_params: Any
+    ema_batch_stats: Any
+
+
+def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    """The variable dict ``apply`` expects."""
+    return {"params": params, "batch_stats": batch_stats}
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                       key: jax.Array, sample_inputs: jax.Array) -> TrainState:
+    """Initialises ``model`` on ``sample_inputs``; the EMA starts equal to the model."""
+    variables = model.init(key, sample_inputs, train=False)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                             batch_stats=batch_stats, ema_params=params,
+                             ema_batch_stats=batch_stats)

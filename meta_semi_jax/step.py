@@ -1,0 +1,35 @@
+"""The pure training step: one algorithm's gradients, the optimiser update and the EMA."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from meta_semi_jax.algorithms import ALGORITHMS, HParams, SSLBatch
+from meta_semi_jax.ema import ema_decay_at, ema_update
+from meta_semi_jax.state import TrainState
+
+
+def apply_update(state: TrainState, grads: Any, batch_stats: Any,
+                 max_ema_decay: float) -> TrainState:
+    """Optimiser step on ``grads`` (Algorithm 1, line 13), new BatchNorm statistics,
+    then the EMA of parameters and statistics with ICT's ramped decay."""
+    decay = ema_decay_at(state.step, max_ema_decay)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    return new_state.replace(
+        ema_params=ema_update(state.ema_params, new_state.params, decay),
+        ema_batch_stats=ema_update(state.ema_batch_stats, batch_stats, decay))
+
+
+def train_step(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
+               algorithm: str = "meta_semi",
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One step of ``algorithm`` on an augmented, normalised batch; pure and jit-able.
+
+    Use it directly with your own Flax model (``axis_name=None`` on one device), or
+    inside ``shard_map``/``pmap`` over ``axis_name`` with each device holding its
+    share of ``batch``: gradients, the Eq. (1) normaliser and ``g_X`` are global.
+    """
+    result = ALGORITHMS[algorithm](state, batch, key, hparams, axis_name)
+    new_state = apply_update(state, result.grads, result.batch_stats, hparams.ema_decay)
+    return new_state, result.metrics

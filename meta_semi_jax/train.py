@@ -1,0 +1,205 @@
+"""The training program: one loop for every algorithm.
+
+``train_and_evaluate(config, workdir)`` checks the config, loads and splits the data,
+puts it on the devices, and runs the jit-compiled data-parallel step. Evaluation
+protocol: the EMA model is evaluated on the validation split every
+``eval_every_steps``; the test split is evaluated for the final model and for the
+evaluation with the best validation accuracy, and never selects anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax import lax
+
+from meta_semi_jax import config_check, data as data_lib
+from meta_semi_jax.algorithms import HParams
+from meta_semi_jax.data.sampler import DeviceData, sample_batch
+from meta_semi_jax.models import create_model
+from meta_semi_jax.optim import make_optimizer
+from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
+from meta_semi_jax.state import TrainState, create_train_state, model_variables
+from meta_semi_jax.step import train_step
+
+
+def hparams_from_config(config: ml_collections.ConfigDict, num_classes: int) -> HParams:
+    return HParams(num_classes=num_classes, beta=config.beta, meta_grad=config.meta_grad,
+                   teacher_bn_mode=config.teacher_bn_mode, ema_decay=config.ema_decay)
+
+
+def device_train_step(state: TrainState, data: DeviceData, key: jax.Array, *,
+                      config: ml_collections.ConfigDict,
+                      hparams: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The per-device program step over ``AXIS``: draw and augment this device's share
+    of the batch on the device, then ``train_step``. ``key`` is the run's key; the
+    step's randomness is ``fold_in(key, step)``, so a resumed run repeats it."""
+    step_key = jax.random.fold_in(key, state.step)
+    k_data, k_step = jax.random.split(step_key)
+    batch = sample_batch(data, k_data, state.step,
+                         labeled_batch_size=config.labeled_batch_size,
+                         unlabeled_batch_size=config.unlabeled_batch_size,
+                         translate=config.translate, flip=config.flip, axis_name=AXIS)
+    return train_step(state, batch, k_step, hparams, config.algorithm, axis_name=AXIS)
+
+
+def device_eval_counts(state: TrainState, images: jax.Array, labels: jax.Array,
+                       mask: jax.Array, *, mean: np.ndarray, std: np.ndarray,
+                       chunk_size: int) -> dict[str, jax.Array]:
+    """Correct predictions of the EMA model (eval-mode BatchNorm) on this device's
+    share of a padded split, summed over devices; ``mask`` marks real examples."""
+    variables = model_variables(state.ema_params, state.ema_batch_stats)
+
+    def chunk_correct(chunk):
+        x, y, m = chunk
+        x = (x.astype(jnp.float32) - mean) / std
+        logits = state.apply_fn(variables, x, train=False)
+        return jnp.sum((jnp.argmax(logits, -1) == y) * m)
+
+    reshape = lambda a: a.reshape((-1, chunk_size) + a.shape[1:])
+    correct = jnp.sum(lax.map(chunk_correct, (reshape(images), reshape(labels), reshape(mask))))
+    return {"correct": lax.psum(correct, AXIS), "count": lax.psum(jnp.sum(mask), AXIS)}
+
+
+def pad_split(images: np.ndarray, labels: np.ndarray, multiple: int) -> tuple[np.ndarray, ...]:
+    """Pads a split to a multiple of ``multiple`` examples; the mask is 0 on padding."""
+    pad = -len(labels) % multiple
+    mask = np.concatenate([np.ones(len(labels), np.float32), np.zeros(pad, np.float32)])
+    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+    labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    return images, labels, mask
+
+
+class Evaluator:
+    """Accuracy (%) of the EMA model on a fixed split, one compiled call per evaluation."""
+
+    def __init__(self, dp: DataParallel, images: np.ndarray, labels: np.ndarray,
+                 mean: np.ndarray, std: np.ndarray, eval_batch_size: int):
+        chunk = eval_batch_size // dp.num_devices
+        self._arrays = dp.shard(pad_split(images, labels, eval_batch_size))
+        self._fn = dp.run(functools.partial(device_eval_counts, mean=mean, std=std,
+                                            chunk_size=chunk),
+                          ("replicated", "sharded", "sharded", "sharded"))
+        self._dp = dp
+
+    def accuracy(self, state: TrainState) -> float:
+        counts = self._dp.unreplicate(self._fn(state, *self._arrays))
+        return 100.0 * float(counts["correct"]) / float(counts["count"])
+
+
+def _load_checked_data(config: ml_collections.ConfigDict) -> data_lib.SSLData:
+    """Loads the dataset, checks the label count and batch sizes against it, splits it."""
+    spec = data_lib.DATASETS[config.dataset]
+    raw = spec.load()
+    train_labels = raw[1]
+    max_per_class = data_lib.max_labels_per_class(train_labels, spec.num_classes,
+                                                  config.num_validation)
+    num_unlabeled = len(train_labels) - config.num_validation - (
+        0 if config.unlabeled_includes_labeled else config.num_labels)
+    config_check.check_split_sizes(config, max_per_class, spec.num_classes, num_unlabeled)
+    return data_lib.split_dataset(raw, spec.num_classes, config.num_labels,
+                                  config.num_validation, config.split_seed,
+                                  config.unlabeled_includes_labeled)
+
+
+class RunLog:
+    """``metrics.jsonl`` (one JSON object per evaluation) in the workdir, plus the console."""
+
+    def __init__(self, workdir: str):
+        self._path = os.path.join(workdir, "metrics.jsonl")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self._path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _host_metrics(metrics: dict[str, jax.Array], dp: DataParallel) -> dict[str, float]:
+    return {k: float(v) for k, v in dp.unreplicate(metrics).items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains ``config`` and writes ``results.json`` and ``metrics.jsonl`` to ``workdir``.
+
+    Returns the results dict (also written to ``workdir/results.json``).
+    """
+    start = time.time()
+    config_check.check_config(config, jax.device_count())
+    ssl = _load_checked_data(config)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+    dp = DataParallel(config.parallel, make_mesh())
+    model = create_model(config.model, ssl.num_classes,
+                         axis_name=AXIS if config.sync_batch_norm else None)
+    key = jax.random.PRNGKey(config.seed)
+    init_key, run_key = jax.random.split(key)
+    state = create_train_state(model, make_optimizer(config), init_key,
+                               jnp.zeros((1,) + ssl.labeled_images.shape[1:], jnp.float32))
+
+    hparams = hparams_from_config(config, ssl.num_classes)
+    step_fn = dp.run(functools.partial(device_train_step, config=config, hparams=hparams),
+                     ("replicated", "replicated", "replicated"), donate_argnums=(0,))
+    device_data = dp.replicate(DeviceData(
+        labeled_images=ssl.labeled_images, labeled_labels=ssl.labeled_labels,
+        unlabeled_images=ssl.unlabeled_images, mean=ssl.mean, std=ssl.std))
+    state = dp.replicate(state)
+    run_key = dp.replicate(run_key)
+    val_eval = Evaluator(dp, ssl.val_images, ssl.val_labels, ssl.mean, ssl.std,
+                         config.eval_batch_size)
+    test_eval = Evaluator(dp, ssl.test_images, ssl.test_labels, ssl.mean, ssl.std,
+                          config.eval_batch_size)
+
+    logging.info("%s on %s with %d labels (split %s), %d unlabeled, %d devices (%s)",
+                 config.algorithm, config.dataset, config.num_labels, ssl.split.digest(),
+                 len(ssl.unlabeled_labels), dp.num_devices, config.parallel)
+    run_log = RunLog(workdir)
+    best = {"val_accuracy": -1.0, "step": 0, "test_accuracy": float("nan")}
+    window_start, window_step = time.time(), 0
+    val_accuracy = float("nan")
+    for step in range(1, config.num_train_steps + 1):
+        state, metrics = step_fn(state, device_data, run_key)
+        if step % config.log_every_steps == 0 or step == config.num_train_steps:
+            scalars = _host_metrics(metrics, dp)
+            now = time.time()
+            rate = (step - window_step) / (now - window_start)
+            window_start, window_step = now, step
+            logging.info("step %d/%d  loss %.4f  selected %s  %.1f steps/s", step,
+                         config.num_train_steps, scalars["loss"],
+                         f"{scalars['selected']:.3f}" if "selected" in scalars else "-", rate)
+        if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+            val_accuracy = val_eval.accuracy(state)
+            record = {"step": step, "val_accuracy": val_accuracy, **_host_metrics(metrics, dp)}
+            if val_accuracy > best["val_accuracy"]:
+                best = {"val_accuracy": val_accuracy, "step": step,
+                        "test_accuracy": test_eval.accuracy(state)}
+            run_log.write(record)
+            logging.info("step %d  val accuracy %.2f%%  (best %.2f%% at step %d)", step,
+                         val_accuracy, best["val_accuracy"], best["step"])
+
+    test_accuracy = test_eval.accuracy(state)
+    results = {
+        "algorithm": config.algorithm, "dataset": config.dataset, "model": config.model,
+        "num_labels": config.num_labels, "seed": config.seed, "split_seed": config.split_seed,
+        "split_hash": ssl.split.digest(), "step": config.num_train_steps,
+        "test_accuracy": test_accuracy, "test_error": 100.0 - test_accuracy,
+        "val_accuracy": val_accuracy,
+        "best_val_accuracy": best["val_accuracy"], "best_val_step": best["step"],
+        "best_val_test_error": 100.0 - best["test_accuracy"],
+        "num_devices": dp.num_devices, "parallel": config.parallel,
+        "wall_seconds": time.time() - start,
+    }
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    logging.info("final test error %.2f%% (best-validation model: %.2f%%)",
+                 results["test_error"], results["best_val_test_error"])
+    return results
