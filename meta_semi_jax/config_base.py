@@ -45,3 +45,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel = "shard_map"           # shard_map | pmap
     c.sync_batch_norm = True           # BatchNorm statistics over all devices
     return c
+
+
+def label_count(arg: str) -> int:
+    """The label count given after the colon of ``--config=file.py:<num_labels>``."""
+    try:
+        return int(arg)
+    except ValueError:
+        raise ValueError(f"the label count after the colon must be an integer, got {arg!r}") \
+            from None

@@ -6,9 +6,11 @@ before any compute with one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
+import logging as std_logging
+import re
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from meta_semi_jax import train
@@ -20,6 +22,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, logs and
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_USAGE = 2
+# JAX reports at INFO level every accelerator plugin it does not find (libtpu on every
+# GPU or CPU machine); that line is noise in front of the program's own messages.
+std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
 
 
 def _exit_with(message: str) -> None:
@@ -27,14 +32,41 @@ def _exit_with(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
+def one_line(message: str) -> str:
+    """The first line of a (possibly multi-line, traceback-carrying) error message, joined
+    with its last line, which holds the underlying exception's own message."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return "invalid value"
+    if len(lines) == 1:
+        return lines[0]
+    cause = re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", lines[-1])
+    return f"{lines[0].rstrip(':')}: {cause}"
+
+
+def _innermost_message(error: BaseException) -> str:
+    """ml_collections wraps a KeyError (whose str() is a repr) in an AttributeError."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    return str(error.args[0]) if error.args else type(error).__name__
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with every flag or config-override mistake reduced to one line."""
+    """absl's parsing, with every flag or config mistake reduced to one line.
+
+    The config file is loaded lazily by ml_collections; it is forced here so that a
+    missing or broken file is reported like any other flag mistake.
+    """
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
+        _CONFIG.value.get("algorithm")
+        return remaining
     except flags.Error as e:
-        _exit_with(str(e).splitlines()[0])
-    except (AttributeError, KeyError, TypeError, ValueError, FileNotFoundError) as e:
-        _exit_with(f"--config: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        _exit_with(one_line(str(e)))
+    except (KeyError, AttributeError) as e:
+        _exit_with(f"--config: unknown field {one_line(_innermost_message(e))}")
+    except (OSError, TypeError, ValueError) as e:
+        _exit_with(f"--config: {one_line(str(e))}")
     return []
 
 

@@ -1,10 +1,12 @@
 """The train state: parameters, BatchNorm statistics, optimiser state and their EMA."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
@@ -33,6 +35,8 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
     variables = model.init(key, sample_inputs, train=False)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
+    # Separate buffers for the EMA copies, so that the state can be donated to a step.
+    copy = functools.partial(jax.tree.map, jnp.copy)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                             batch_stats=batch_stats, ema_params=params,
-                             ema_batch_stats=batch_stats)
+                             batch_stats=batch_stats, ema_params=copy(params),
+                             ema_batch_stats=copy(batch_stats))

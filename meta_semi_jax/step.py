@@ -1,12 +1,16 @@
-"""The pure training step: one algorithm's gradients, the optimiser update and the EMA."""
+"""The pure training step (one algorithm's gradients, the optimiser update, the EMA) and
+the per-device program step that draws its batch on the device first."""
 from __future__ import annotations
 
 from typing import Any
 
 import jax
+import ml_collections
 
 from meta_semi_jax.algorithms import ALGORITHMS, HParams, SSLBatch
+from meta_semi_jax.data.sampler import DeviceData, sample_batch
 from meta_semi_jax.ema import ema_decay_at, ema_update
+from meta_semi_jax.parallel import AXIS
 from meta_semi_jax.state import TrainState
 
 
@@ -33,3 +37,18 @@ def train_step(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HPar
     result = ALGORITHMS[algorithm](state, batch, key, hparams, axis_name)
     new_state = apply_update(state, result.grads, result.batch_stats, hparams.ema_decay)
     return new_state, result.metrics
+
+
+def device_train_step(state: TrainState, data: DeviceData, key: jax.Array, *,
+                      config: ml_collections.ConfigDict,
+                      hparams: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The per-device program step over ``AXIS``: draw and augment this device's share
+    of the batch on the device, then ``train_step``. ``key`` is the run's key; the
+    step's randomness is ``fold_in(key, step)``, so a resumed run repeats it."""
+    step_key = jax.random.fold_in(key, state.step)
+    k_data, k_step = jax.random.split(step_key)
+    batch = sample_batch(data, k_data, state.step,
+                         labeled_batch_size=config.labeled_batch_size,
+                         unlabeled_batch_size=config.unlabeled_batch_size,
+                         translate=config.translate, flip=config.flip, axis_name=AXIS)
+    return train_step(state, batch, k_step, hparams, config.algorithm, axis_name=AXIS)

@@ -8,7 +8,6 @@ evaluation with the best validation accuracy, and never selects anything.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -24,32 +23,17 @@ from jax import lax
 
 from meta_semi_jax import config_check, data as data_lib
 from meta_semi_jax.algorithms import HParams
-from meta_semi_jax.data.sampler import DeviceData, sample_batch
+from meta_semi_jax.data.sampler import DeviceData
 from meta_semi_jax.models import create_model
 from meta_semi_jax.optim import make_optimizer
 from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
 from meta_semi_jax.state import TrainState, create_train_state, model_variables
-from meta_semi_jax.step import train_step
+from meta_semi_jax.step import device_train_step
 
 
 def hparams_from_config(config: ml_collections.ConfigDict, num_classes: int) -> HParams:
     return HParams(num_classes=num_classes, beta=config.beta, meta_grad=config.meta_grad,
                    teacher_bn_mode=config.teacher_bn_mode, ema_decay=config.ema_decay)
-
-
-def device_train_step(state: TrainState, data: DeviceData, key: jax.Array, *,
-                      config: ml_collections.ConfigDict,
-                      hparams: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
-    """The per-device program step over ``AXIS``: draw and augment this device's share
-    of the batch on the device, then ``train_step``. ``key`` is the run's key; the
-    step's randomness is ``fold_in(key, step)``, so a resumed run repeats it."""
-    step_key = jax.random.fold_in(key, state.step)
-    k_data, k_step = jax.random.split(step_key)
-    batch = sample_batch(data, k_data, state.step,
-                         labeled_batch_size=config.labeled_batch_size,
-                         unlabeled_batch_size=config.unlabeled_batch_size,
-                         translate=config.translate, flip=config.flip, axis_name=AXIS)
-    return train_step(state, batch, k_step, hparams, config.algorithm, axis_name=AXIS)
 
 
 def device_eval_counts(state: TrainState, images: jax.Array, labels: jax.Array,

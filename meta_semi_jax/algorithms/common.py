@@ -86,4 +86,6 @@ def pseudo_labels(state: TrainState, images: jax.Array, teacher_bn_mode: str) ->
         logits, _ = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
     else:
         logits = state.apply_fn(variables, images, train=False)
-    return lax.stop_gradient(jax.nn.softmax(logits.astype(jnp.float32)))
+    # At least float32, so that low-precision logits give well-formed probabilities.
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    return lax.stop_gradient(jax.nn.softmax(logits))

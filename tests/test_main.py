@@ -1,0 +1,89 @@
+"""The training program end to end, in a subprocess, as a user runs it."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_main(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "meta_semi_jax.main", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+SHORT_RUN = ("--config.num_train_steps=30", "--config.eval_every_steps=15",
+             "--config.log_every_steps=10")
+
+
+@pytest.mark.parametrize("algorithm,devices", [("meta_semi", 2), ("supervised", 1)])
+def test_short_run_writes_results_and_metrics(tmp_path, algorithm, devices):
+    proc = run_main("--config=configs/digits.py:50", f"--workdir={tmp_path}",
+                    f"--config.algorithm={algorithm}", *SHORT_RUN, devices=devices)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ("test_accuracy", "test_error", "best_val_test_error", "val_accuracy", "step",
+                "algorithm", "dataset", "num_labels", "seed", "wall_seconds"):
+        assert key in results
+    assert results["algorithm"] == algorithm and results["num_labels"] == 50
+    assert results["step"] == 30 and results["num_devices"] == devices
+    assert results["test_accuracy"] + results["test_error"] == pytest.approx(100.0)
+    assert 0.0 <= results["test_error"] <= 100.0
+    records = [json.loads(line) for line in
+               (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [15, 30]
+    assert all(0.0 <= r["val_accuracy"] <= 100.0 for r in records)
+    assert "steps/s" in proc.stderr
+    if algorithm == "meta_semi":
+        assert all(0.0 <= r["selected"] <= 1.0 for r in records)
+        assert "selected 0." in proc.stderr or "selected 1." in proc.stderr
+    assert json.loads((tmp_path / "config.json").read_text())["algorithm"] == algorithm
+
+
+BAD_INPUTS = [
+    (("--config.algorithm=fixmatch",), "config.algorithm='fixmatch'", "meta_semi"),
+    (("--config.model=resnet50",), "config.model='resnet50'", "small_cnn"),
+    (("--config.dataset=imagenet",), "config.dataset='imagenet'", "digits"),
+    (("--config.meta_grad=hessian",), "config.meta_grad='hessian'", "jvp"),
+    (("--config.num_labels=55",), "config.num_labels=55", "multiple of the 10 classes"),
+    (("--config.num_labels=0",), "config.num_labels=0", "positive"),
+    (("--config.num_labels=1300",), "config.num_labels=1300", "at most"),
+    (("--config.labeled_batch_size=30",), "config.labeled_batch_size=30",
+     "multiple of the number of devices (4)"),
+    (("--config.labeled_batch_size=64",), "config.labeled_batch_size=64",
+     "must not exceed the 50 labeled examples"),
+    (("--config.beta=0",), "config.beta=0", "> 0"),
+    (("--config.beta=-1.0",), "config.beta=-1.0", "> 0"),
+    (("--config.betta=1.0",), "unknown field 'betta'", 'Did you mean "beta"'),
+    (("--config.beta=abc",), "--config.beta=abc", "could not convert"),
+    (("--config=configs/digits.py:abc",), "got 'abc'", "must be an integer"),
+]
+
+
+@pytest.mark.parametrize("args,names,allowed", BAD_INPUTS,
+                         ids=[" ".join(a) for a, _, _ in BAD_INPUTS])
+def test_bad_input_stops_with_one_line_and_keeps_the_workdir(tmp_path, args, names, allowed):
+    keep = tmp_path / "notes.txt"
+    keep.write_text("written before the run")
+    proc = run_main("--config=configs/digits.py:50", f"--workdir={tmp_path}", *args, devices=4)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and names in lines[0] and allowed in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert keep.read_text() == "written before the run"
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+    proc = run_main("--config=configs/nope.py:50", f"--workdir={tmp_path}")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "No such file" in lines[0] and "nope.py" in lines[0], proc.stderr

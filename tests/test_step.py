@@ -1,0 +1,122 @@
+"""``train_step`` against Algorithm 1 written out line by line.
+
+The reference below recomputes one Meta-Semi step from the paper: EMA pseudo labels,
+MixUp (Eqs. 12-13), the meta-gradient by a literal virtual SGD step differentiated
+w.r.t. the zero weights (lines 6-10), the 0-1 weights (line 11, Eq. 9), L_meta
+(line 12, Eq. 1) and the SGD update (line 13). With plain SGD as the optimiser the
+implementation (meta_grad='jvp') must land on the same parameters.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from meta_semi_jax import (HParams, SSLBatch, create_train_state, mixup_labeled_and_unlabeled,
+                           soft_cross_entropy, train_step, unrolled_meta_gradient)
+
+ALPHA = 0.5
+NUM_CLASSES = 4
+
+
+class ConvBNNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(6, (3, 3), param_dtype=jnp.float64, dtype=jnp.float64)(x)
+        x = nn.BatchNorm(use_running_average=not train, param_dtype=jnp.float64,
+                         dtype=jnp.float64)(x)
+        x = jnp.mean(nn.leaky_relu(x, 0.1), axis=(1, 2))
+        return nn.Dense(NUM_CLASSES, param_dtype=jnp.float64, dtype=jnp.float64)(x)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    with jax.enable_x64(True):
+        yield
+
+
+def make_inputs(seed=0):
+    model = ConvBNNet()
+    state = create_train_state(model, optax.sgd(ALPHA), jax.random.PRNGKey(seed),
+                               jnp.zeros((1, 6, 6, 2)))
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), 3)
+    batch = SSLBatch(labeled_images=jax.random.normal(keys[0], (6, 6, 6, 2)),
+                     labels=jax.random.randint(keys[1], (6,), 0, NUM_CLASSES),
+                     unlabeled_images=jax.random.normal(keys[2], (10, 6, 6, 2)))
+    return model, state, batch
+
+
+def algorithm_1_step(model, state, batch, key, beta):
+    """One iteration of Algorithm 1 (teacher BatchNorm in train mode, as ICT)."""
+    def apply(params, batch_stats, x):
+        return model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                           mutable=["batch_stats"])
+
+    pseudo = jax.nn.softmax(apply(state.ema_params, state.ema_batch_stats,
+                                  batch.unlabeled_images)[0])
+    mixed_x, mixed_u = mixup_labeled_and_unlabeled(
+        key, batch.labeled_images, jax.nn.one_hot(batch.labels, NUM_CLASSES),
+        batch.unlabeled_images, pseudo, beta)
+
+    def loss_fn(params, mixed):
+        return soft_cross_entropy(apply(params, state.batch_stats, mixed[0])[0], mixed[1])
+
+    meta_grad = unrolled_meta_gradient(loss_fn, state.params, tuple(mixed_x), tuple(mixed_u),
+                                       learning_rate=ALPHA)               # lines 6-10
+    weights = jnp.sign(jnp.maximum(-meta_grad, 0))                        # line 11
+    # Eq. (9) puts w = 1 also where the meta-gradient is exactly 0 (sign(0) = 0 above);
+    # with continuous inputs that has probability 0.
+    assert np.all(meta_grad != 0)
+
+    def l_meta(params):                                                   # line 12
+        logits, updates = apply(params, state.batch_stats, mixed_u.inputs)
+        losses = soft_cross_entropy(logits, mixed_u.targets)
+        return jnp.sum(weights * losses) / jnp.sum(weights), updates["batch_stats"]
+
+    grads, batch_stats = jax.grad(l_meta, has_aux=True)(state.params)
+    new_params = jax.tree.map(lambda p, g: p - ALPHA * g, state.params, grads)  # line 13
+    return new_params, batch_stats, weights
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_train_step_equals_algorithm_1(seed):
+    model, state, batch = make_inputs(seed)
+    key = jax.random.PRNGKey(10 + seed)
+    hparams = HParams(num_classes=NUM_CLASSES, beta=0.75, meta_grad="jvp")
+    new_state, metrics = jax.jit(train_step, static_argnames=("hparams",))(
+        state, batch, key, hparams=hparams)
+
+    ref_params, ref_batch_stats, weights = algorithm_1_step(model, state, batch, key, 0.75)
+    assert 0 < float(jnp.sum(weights)) < len(weights)  # a real selection happened
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12),
+                 new_state.params, ref_params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12),
+                 new_state.batch_stats, ref_batch_stats)
+    np.testing.assert_allclose(metrics["selected"], jnp.mean(weights), rtol=1e-12)
+    # EMA after the first step: decay min(1 - 1/1, 0.999) = 0, so it copies the model.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12),
+                 new_state.ema_params, new_state.params)
+    assert int(new_state.step) == 1
+
+
+def test_supervised_step_is_cross_entropy_on_labeled_data_only():
+    model, state, batch = make_inputs()
+    hparams = HParams(num_classes=NUM_CLASSES)
+    new_state, _ = train_step(state, batch, jax.random.PRNGKey(0), hparams, "supervised")
+
+    def mean_ce(params):
+        logits, _ = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                batch.labeled_images, train=True, mutable=["batch_stats"])
+        return jnp.mean(soft_cross_entropy(logits, jax.nn.one_hot(batch.labels, NUM_CLASSES)))
+
+    expected = jax.tree.map(lambda p, g: p - ALPHA * g, state.params,
+                            jax.grad(mean_ce)(state.params))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10),
+                 new_state.params, expected)
+    # The unlabeled images do not matter.
+    other = batch.replace(unlabeled_images=batch.unlabeled_images + 5.0)
+    other_state, _ = train_step(state, other, jax.random.PRNGKey(0), hparams, "supervised")
+    jax.tree.map(np.testing.assert_array_equal, other_state.params, new_state.params)
