@@ -106,6 +106,26 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
 
 
+class Progress:
+    """The console's progress line: steps/s since the last line, and the time left."""
+
+    def __init__(self, total_steps: int):
+        self._total = total_steps
+        self.restart(0)
+
+    def restart(self, step: int) -> None:
+        self._time, self._step = time.time(), step
+
+    def line(self, step: int, scalars: dict[str, float]) -> str:
+        now = time.time()
+        rate = (step - self._step) / max(now - self._time, 1e-9)
+        self._time, self._step = now, step
+        selected = f"{scalars['selected']:.3f}" if "selected" in scalars else "-"
+        eta = (self._total - step) / rate if rate > 0 else float("inf")
+        return (f"step {step}/{self._total}  loss {scalars['loss']:.4f}  selected {selected}  "
+                f"{rate:.1f} steps/s  ETA {eta / 60:.1f} min")
+
+
 def _host_metrics(metrics: dict[str, jax.Array], dp: DataParallel) -> dict[str, float]:
     return {k: float(v) for k, v in dp.unreplicate(metrics).items()}
 
@@ -148,18 +168,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  len(ssl.unlabeled_labels), dp.num_devices, config.parallel)
     run_log = RunLog(workdir)
     best = {"val_accuracy": -1.0, "step": 0, "test_accuracy": float("nan")}
-    window_start, window_step = time.time(), 0
+    progress = Progress(config.num_train_steps)
     val_accuracy = float("nan")
     for step in range(1, config.num_train_steps + 1):
         state, metrics = step_fn(state, device_data, run_key)
+        if step == 1:
+            jax.block_until_ready(metrics)
+            logging.info("first step (with compilation) took %.1f s", time.time() - start)
+            progress.restart(step)
         if step % config.log_every_steps == 0 or step == config.num_train_steps:
-            scalars = _host_metrics(metrics, dp)
-            now = time.time()
-            rate = (step - window_step) / (now - window_start)
-            window_start, window_step = now, step
-            logging.info("step %d/%d  loss %.4f  selected %s  %.1f steps/s", step,
-                         config.num_train_steps, scalars["loss"],
-                         f"{scalars['selected']:.3f}" if "selected" in scalars else "-", rate)
+            logging.info("%s", progress.line(step, _host_metrics(metrics, dp)))
         if step % config.eval_every_steps == 0 or step == config.num_train_steps:
             val_accuracy = val_eval.accuracy(state)
             record = {"step": step, "val_accuracy": val_accuracy, **_host_metrics(metrics, dp)}

@@ -23,10 +23,12 @@ SHORT_RUN = ("--config.num_train_steps=30", "--config.eval_every_steps=15",
              "--config.log_every_steps=10")
 
 
-@pytest.mark.parametrize("algorithm,devices", [("meta_semi", 2), ("supervised", 1)])
-def test_short_run_writes_results_and_metrics(tmp_path, algorithm, devices):
+@pytest.mark.parametrize("algorithm,devices,parallel", [
+    ("meta_semi", 2, "shard_map"), ("meta_semi", 2, "pmap"), ("supervised", 1, "shard_map")])
+def test_short_run_writes_results_and_metrics(tmp_path, algorithm, devices, parallel):
     proc = run_main("--config=configs/digits.py:50", f"--workdir={tmp_path}",
-                    f"--config.algorithm={algorithm}", *SHORT_RUN, devices=devices)
+                    f"--config.algorithm={algorithm}", f"--config.parallel={parallel}",
+                    *SHORT_RUN, devices=devices)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     for key in ("test_accuracy", "test_error", "best_val_test_error", "val_accuracy", "step",
@@ -34,6 +36,7 @@ def test_short_run_writes_results_and_metrics(tmp_path, algorithm, devices):
         assert key in results
     assert results["algorithm"] == algorithm and results["num_labels"] == 50
     assert results["step"] == 30 and results["num_devices"] == devices
+    assert results["parallel"] == parallel
     assert results["test_accuracy"] + results["test_error"] == pytest.approx(100.0)
     assert 0.0 <= results["test_error"] <= 100.0
     records = [json.loads(line) for line in

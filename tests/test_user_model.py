@@ -1,0 +1,53 @@
+"""The README's use of the API with a user's own Flax model, with and without BatchNorm."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import meta_semi_jax as ms
+
+
+class MLPWithoutBatchNorm(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.relu(nn.Dense(16)(x.reshape((x.shape[0], -1))))
+        return nn.Dense(self.num_classes)(x)
+
+
+class ConvWithBatchNorm(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(8, (3, 3))(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+        return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+@pytest.mark.parametrize("model_cls", [MLPWithoutBatchNorm, ConvWithBatchNorm])
+@pytest.mark.parametrize("algorithm", ["meta_semi", "supervised"])
+def test_jitted_train_step_with_a_user_model(model_cls, algorithm):
+    model = model_cls(num_classes=5)
+    state = ms.create_train_state(model, optax.sgd(0.1, momentum=0.9, nesterov=True),
+                                  jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))
+    hparams = ms.HParams(num_classes=5, beta=1.0, meta_grad="jvp", ema_decay=0.999)
+    step = jax.jit(ms.train_step, static_argnames=("hparams", "algorithm"))
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    batch = ms.SSLBatch(labeled_images=jax.random.normal(keys[0], (4, 6, 6, 3)),
+                        labels=jax.random.randint(keys[1], (4,), 0, 5),
+                        unlabeled_images=jax.random.normal(keys[2], (12, 6, 6, 3)))
+    new_state, metrics = step(state, batch, jax.random.PRNGKey(2), hparams=hparams,
+                              algorithm=algorithm)
+    assert int(new_state.step) == 1
+    assert np.isfinite(float(metrics["loss"]))
+    assert not np.allclose(new_state.params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
+    if algorithm == "meta_semi":
+        assert 0.0 <= float(metrics["selected"]) <= 1.0
+    if model_cls is MLPWithoutBatchNorm:
+        assert new_state.batch_stats == {}
