@@ -16,7 +16,7 @@ import os
 import statistics
 from typing import Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from meta_semi_jax import train
@@ -67,7 +67,6 @@ def main(argv: Sequence[str]) -> None:
     table = markdown_table(results)
     with open(os.path.join(_ROOT.value, "table.md"), "w") as f:
         f.write(table + "\n")
-    logging.info("\n%s", table)
     print(table)
 
 

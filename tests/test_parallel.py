@@ -60,6 +60,7 @@ def make_run(meta_grad: str = "jvp"):
     return state, data, step
 
 
+@functools.lru_cache(maxsize=None)  # each configuration is compiled and run once
 def run_steps(mode: str, num_devices: int, num_steps: int = 3, meta_grad: str = "jvp"):
     state, data, step = make_run(meta_grad)
     dp = DataParallel(mode, make_mesh(jax.devices()[:num_devices]))
