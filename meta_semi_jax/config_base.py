@@ -13,7 +13,11 @@ def base_config() -> ml_collections.ConfigDict:
     # What to train.
     c.algorithm = "meta_semi"          # meta_semi | supervised
     c.model = "small_cnn"              # small_cnn | cnn13 | wrn28_2
-    c.dataset = "digits"
+    c.dataset = "digits"               # digits | cifar10 | cifar100 | svhn | stl10 | tfds:<name>
+    c.data_dir = ""                    # tfds data directory ("" = tfds' default)
+    c.tfds_train_split = "train"       # for tfds:<name> datasets
+    c.tfds_test_split = "test"
+    c.fold = 0                         # STL-10: which predefined fold is labeled (0-9)
     c.num_labels = 50                  # labels in total, spread evenly over the classes
     c.num_validation = 200             # held out from the training set, evenly per class
     c.unlabeled_includes_labeled = False
@@ -40,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.weight_decay = 1e-4
     # Augmentation on the device.
     c.translate = 4                    # max random shift in pixels
+    c.pad_mode = "zero"                # zero | reflect: how a shifted image is filled
     c.flip = True                      # random horizontal flip
     # Devices.
     c.parallel = "shard_map"           # shard_map | pmap
@@ -54,3 +59,26 @@ def label_count(arg: str) -> int:
     except ValueError:
         raise ValueError(f"the label count after the colon must be an integer, got {arg!r}") \
             from None
+
+
+def cnn13_config(dataset: str, num_labels: str, num_validation: int,
+                 train_size: int) -> ml_collections.ConfigDict:
+    """Appendix C's CNN-13 recipe: SGD Nesterov 0.9, L2 1e-4, lr 0.1 cosine to 0 over 600
+    epochs, batch 25 labeled + 75 unlabeled, EMA 0.999. An epoch is one pass over the
+    unlabeled set (ICT's definition), which holds every non-validation training image."""
+    c = base_config()
+    c.dataset, c.model = dataset, "cnn13"
+    c.num_labels = label_count(num_labels)
+    c.num_validation = num_validation
+    c.unlabeled_includes_labeled = True
+    c.labeled_batch_size, c.unlabeled_batch_size = 25, 75
+    c.num_train_steps = epochs_to_steps(600, train_size - num_validation, 75)
+    c.eval_every_steps = epochs_to_steps(5, train_size - num_validation, 75)
+    c.log_every_steps = 200
+    c.eval_batch_size = 500
+    return c
+
+
+def epochs_to_steps(epochs: int, pool_size: int, batch_size: int) -> int:
+    """Steps for ``epochs`` passes over a pool read ``batch_size`` examples per step."""
+    return -(-epochs * pool_size // batch_size)

@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterable
 import ml_collections
 
 from meta_semi_jax.algorithms import ALGORITHMS
-from meta_semi_jax.data import DATASETS
+from meta_semi_jax.augment import PAD_MODES
+from meta_semi_jax.data import DATASET_CHOICES, is_known_dataset
 from meta_semi_jax.meta import META_GRAD_METHODS
 from meta_semi_jax.models import MODELS
 from meta_semi_jax.optim import LR_SCHEDULES, OPTIMIZERS
@@ -24,7 +25,7 @@ class ConfigError(ValueError):
 CHOICES: dict[str, Iterable[str]] = {
     "algorithm": ALGORITHMS,
     "model": MODELS,
-    "dataset": DATASETS,
+    "pad_mode": PAD_MODES,
     "meta_grad": META_GRAD_METHODS,
     "teacher_bn_mode": ("train", "eval"),
     "optimizer": OPTIMIZERS,
@@ -45,6 +46,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: v >= 0, "an integer >= 0"),
     "split_seed": (lambda v: v >= 0, "an integer >= 0"),
     "translate": (lambda v: v >= 0, "an integer >= 0"),
+    "fold": (lambda v: 0 <= v <= 9, "one of STL-10's predefined folds 0-9"),
     "beta": (lambda v: v > 0, "a number > 0"),
     "ema_decay": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "learning_rate": (lambda v: v > 0, "a number > 0"),
@@ -60,7 +62,9 @@ def _fail(config: ml_collections.ConfigDict, field: str, allowed: str) -> Config
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Raises ``ConfigError`` for the first field whose value cannot be run."""
+    """Raises ``ConfigError`` for the first field whose value cannot be run; needs no data."""
+    if not is_known_dataset(config.dataset):
+        raise _fail(config, "dataset", "choose one of " + DATASET_CHOICES)
     for field, allowed in CHOICES.items():
         if config[field] not in allowed:
             raise _fail(config, field, "choose one of " + ", ".join(sorted(allowed)))
@@ -71,24 +75,45 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         if config[field] % num_devices:
             raise _fail(config, field,
                         f"it must be a multiple of the number of devices ({num_devices})")
-    num_classes = DATASETS[config.dataset].num_classes
-    for field in ("num_labels", "num_validation"):
-        if config[field] % num_classes:
-            raise _fail(config, field, f"it must be a multiple of the {num_classes} classes "
-                        f"of {config.dataset}, the same number per class")
 
 
-def check_split_sizes(config: ml_collections.ConfigDict, max_per_class: int,
-                      num_classes: int, num_unlabeled: int) -> None:
-    """Checks the label count and batch sizes against the data actually loaded."""
+def check_label_counts(config: ml_collections.ConfigDict, num_classes: int,
+                       fold_size: int | None = None) -> None:
+    """Label and validation counts that the dataset's classes (or STL-10's folds) allow."""
+    if fold_size is not None:
+        if config.num_labels != fold_size:
+            raise _fail(config, "num_labels", f"{config.dataset} takes its labels from a "
+                        f"predefined fold of {fold_size} images")
+    elif config.num_labels % num_classes:
+        raise _fail(config, "num_labels", f"it must be a multiple of the {num_classes} "
+                    f"classes of {config.dataset}, the same number per class")
+    if config.num_validation % num_classes:
+        raise _fail(config, "num_validation", f"it must be a multiple of the {num_classes} "
+                    f"classes of {config.dataset}, the same number per class")
+
+
+def check_pool_size(config: ml_collections.ConfigDict, max_per_class: int,
+                    num_classes: int) -> None:
+    """The validation and label counts against the data actually loaded;
+    ``max_per_class`` is what the smallest class keeps after validation."""
+    if max_per_class <= 0:
+        smallest = max_per_class + config.num_validation // num_classes
+        raise _fail(config, "num_validation",
+                    f"it must leave training images in every class, and the smallest class "
+                    f"of {config.dataset} has {smallest}")
     if config.num_labels // num_classes > max_per_class:
         raise _fail(config, "num_labels",
                     f"{config.dataset} keeps at most {max_per_class} labels per class after "
                     f"holding out {config.num_validation} for validation, i.e. at most "
                     f"{max_per_class * num_classes} labels")
-    if config.labeled_batch_size > config.num_labels:
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, num_labeled: int,
+                      num_unlabeled: int) -> None:
+    """A batch can be drawn without repeating an example within it."""
+    if config.labeled_batch_size > num_labeled:
         raise _fail(config, "labeled_batch_size",
-                    f"it must not exceed the {config.num_labels} labeled examples")
+                    f"it must not exceed the {num_labeled} labeled examples")
     if config.unlabeled_batch_size > num_unlabeled:
         raise _fail(config, "unlabeled_batch_size",
                     f"it must not exceed the {num_unlabeled} unlabeled examples")

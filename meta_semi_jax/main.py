@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from meta_semi_jax import train
 from meta_semi_jax.config_check import ConfigError
+from meta_semi_jax.data import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and its argument, e.g. configs/digits.py:50.", lock_config=True)
@@ -25,6 +26,15 @@ EXIT_USAGE = 2
 # JAX reports at INFO level every accelerator plugin it does not find (libtpu on every
 # GPU or CPU machine); that line is noise in front of the program's own messages.
 std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+
+
+def _not_tfds_housekeeping(record: std_logging.LogRecord) -> bool:
+    """tfds warns through absl about its own metadata folders (e.g. 'Variant folder ...
+    has no dataset_info.json'); the program reports missing data itself."""
+    return not ("tensorflow_datasets" in record.pathname and record.levelno < std_logging.ERROR)
+
+
+std_logging.getLogger("absl").addFilter(_not_tfds_housekeeping)
 
 
 def _exit_with(message: str) -> None:
@@ -75,7 +85,7 @@ def main(argv: list[str]) -> None:
         _exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as e:
+    except (ConfigError, DataError) as e:
         _exit_with(str(e))
 
 

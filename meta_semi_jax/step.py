@@ -50,5 +50,6 @@ def device_train_step(state: TrainState, data: DeviceData, key: jax.Array, *,
     batch = sample_batch(data, k_data, state.step,
                          labeled_batch_size=config.labeled_batch_size,
                          unlabeled_batch_size=config.unlabeled_batch_size,
-                         translate=config.translate, flip=config.flip, axis_name=AXIS)
+                         translate=config.translate, flip=config.flip,
+                         pad_mode=config.pad_mode, axis_name=AXIS)
     return train_step(state, batch, k_step, hparams, config.algorithm, axis_name=AXIS)

@@ -12,7 +12,7 @@ import functools
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,19 +80,41 @@ class Evaluator:
         return 100.0 * float(counts["correct"]) / float(counts["count"])
 
 
-def _load_checked_data(config: ml_collections.ConfigDict) -> data_lib.SSLData:
-    """Loads the dataset, checks the label count and batch sizes against it, splits it."""
-    spec = data_lib.DATASETS[config.dataset]
-    raw = spec.load()
-    train_labels = raw[1]
-    max_per_class = data_lib.max_labels_per_class(train_labels, spec.num_classes,
-                                                  config.num_validation)
-    num_unlabeled = len(train_labels) - config.num_validation - (
-        0 if config.unlabeled_includes_labeled else config.num_labels)
-    config_check.check_split_sizes(config, max_per_class, spec.num_classes, num_unlabeled)
-    return data_lib.split_dataset(raw, spec.num_classes, config.num_labels,
-                                  config.num_validation, config.split_seed,
-                                  config.unlabeled_includes_labeled)
+def load_checked_data(config: ml_collections.ConfigDict, workdir: str) -> data_lib.SSLData:
+    """Loads and splits the dataset, checking the config against it on the way, and the
+    split against the one a previous run in ``workdir`` used (``split.json``)."""
+    num_classes, _ = data_lib.dataset_facts(config)
+    fold_size = data_lib.fold_size(config)
+    config_check.check_label_counts(config, num_classes, fold_size)
+    raw = data_lib.load_raw(config)
+    if fold_size is None:
+        config_check.check_pool_size(
+            config, data_lib.max_labels_per_class(raw.train_labels, num_classes,
+                                                  config.num_validation), num_classes)
+    split = data_lib.split_indices(config, raw)
+    check_same_split(workdir, split)
+    ssl = data_lib.split_dataset(raw, split)
+    config_check.check_batch_sizes(config, len(ssl.labeled_labels), len(ssl.unlabeled_labels))
+    return ssl
+
+
+def check_same_split(workdir: str, split: data_lib.SplitIndices) -> None:
+    """A workdir keeps one split: a different one (another dataset, label count, split
+    seed or fold) is refused rather than silently mixed with the earlier run's files."""
+    path = os.path.join(workdir, "split.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)["hash"]
+        if previous != split.digest():
+            raise config_check.ConfigError(
+                f"{workdir} holds a run on split {previous} but this config gives split "
+                f"{split.digest()} (dataset, num_labels, num_validation, split_seed or fold "
+                f"differ): use another --workdir")
+
+
+def write_split(workdir: str, split: data_lib.SplitIndices) -> None:
+    with open(os.path.join(workdir, "split.json"), "w") as f:
+        json.dump(split.record(), f)
 
 
 class RunLog:
@@ -130,39 +152,60 @@ def _host_metrics(metrics: dict[str, jax.Array], dp: DataParallel) -> dict[str, 
     return {k: float(v) for k, v in dp.unreplicate(metrics).items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains ``config`` and writes ``results.json`` and ``metrics.jsonl`` to ``workdir``.
+class Training(NamedTuple):
+    """Everything a run's loop needs, already on the devices."""
+    dp: DataParallel
+    step_fn: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+    state: TrainState
+    data: DeviceData
+    run_key: jax.Array
+    val_eval: Evaluator
+    test_eval: Evaluator
 
-    Returns the results dict (also written to ``workdir/results.json``).
-    """
-    start = time.time()
-    config_check.check_config(config, jax.device_count())
-    ssl = _load_checked_data(config)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
 
+def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> Training:
+    """Initialises the model and puts state, data and keys on the devices. The hidden
+    labels of the unlabeled set (``ssl.unlabeled_labels``) are not passed on."""
     dp = DataParallel(config.parallel, make_mesh())
     model = create_model(config.model, ssl.num_classes,
                          axis_name=AXIS if config.sync_batch_norm else None)
-    key = jax.random.PRNGKey(config.seed)
-    init_key, run_key = jax.random.split(key)
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = create_train_state(model, make_optimizer(config), init_key,
                                jnp.zeros((1,) + ssl.labeled_images.shape[1:], jnp.float32))
-
     hparams = hparams_from_config(config, ssl.num_classes)
     step_fn = dp.run(functools.partial(device_train_step, config=config, hparams=hparams),
                      ("replicated", "replicated", "replicated"), donate_argnums=(0,))
-    device_data = dp.replicate(DeviceData(
-        labeled_images=ssl.labeled_images, labeled_labels=ssl.labeled_labels,
-        unlabeled_images=ssl.unlabeled_images, mean=ssl.mean, std=ssl.std))
-    state = dp.replicate(state)
-    run_key = dp.replicate(run_key)
-    val_eval = Evaluator(dp, ssl.val_images, ssl.val_labels, ssl.mean, ssl.std,
-                         config.eval_batch_size)
-    test_eval = Evaluator(dp, ssl.test_images, ssl.test_labels, ssl.mean, ssl.std,
-                          config.eval_batch_size)
+    data = DeviceData(labeled_images=ssl.labeled_images, labeled_labels=ssl.labeled_labels,
+                      unlabeled_images=ssl.unlabeled_images, mean=ssl.mean, std=ssl.std)
+    return Training(
+        dp=dp, step_fn=step_fn, state=dp.replicate(state), data=dp.replicate(data),
+        run_key=dp.replicate(run_key),
+        val_eval=Evaluator(dp, ssl.val_images, ssl.val_labels, ssl.mean, ssl.std,
+                           config.eval_batch_size),
+        test_eval=Evaluator(dp, ssl.test_images, ssl.test_labels, ssl.mean, ssl.std,
+                            config.eval_batch_size))
 
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Checks ``config``, loads and splits its data, and trains and evaluates it, writing
+    ``split.json``, ``config.json``, ``metrics.jsonl`` and ``results.json`` to ``workdir``.
+
+    Returns the results dict.
+    """
+    start = time.time()
+    config_check.check_config(config, jax.device_count())
+    ssl = load_checked_data(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    write_split(workdir, ssl.split)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    return run_training(config, workdir, ssl, start)
+
+
+def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.SSLData,
+                 start: float) -> dict[str, Any]:
+    """The training loop with its evaluations; writes metrics.jsonl and results.json."""
+    dp, step_fn, state, device_data, run_key, val_eval, test_eval = build_training(config, ssl)
     logging.info("%s on %s with %d labels (split %s), %d unlabeled, %d devices (%s)",
                  config.algorithm, config.dataset, config.num_labels, ssl.split.digest(),
                  len(ssl.unlabeled_labels), dp.num_devices, config.parallel)

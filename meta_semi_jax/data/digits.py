@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 NUM_CLASSES = 10
+IMAGE_SHAPE = (8, 8, 1)
 TEST_PER_CLASS = 50
 _TEST_SEED = 20240601  # fixes the test split for every run and split seed
 

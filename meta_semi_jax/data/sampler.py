@@ -46,7 +46,7 @@ def epoch_shuffled_indices(key: jax.Array, step: jax.Array, batch_size: int,
 
 def sample_batch(data: DeviceData, key: jax.Array, step: jax.Array, *,
                  labeled_batch_size: int, unlabeled_batch_size: int, translate: int,
-                 flip: bool, axis_name: str | None = None) -> SSLBatch:
+                 flip: bool, pad_mode: str = "zero", axis_name: str | None = None) -> SSLBatch:
     """This device's share of the step's global batch, normalised and augmented.
 
     Batch sizes are global; each device takes ``size / num_devices`` examples.
@@ -61,7 +61,7 @@ def sample_batch(data: DeviceData, key: jax.Array, step: jax.Array, *,
         keys = example_keys(jax.random.fold_in(aug_key, step),
                             global_example_ids(images.shape[0], axis_name))
         return augment(keys, normalize(images, data.mean, data.std), translate=translate,
-                       flip=flip)
+                       flip=flip, pad_mode=pad_mode)
 
     return SSLBatch(labeled_images=prepare(data.labeled_images[lab_idx], k_aug_lab),
                     labels=data.labeled_labels[lab_idx],

@@ -18,6 +18,11 @@ class SplitIndices(NamedTuple):
     unlabeled: np.ndarray
     validation: np.ndarray
 
+    def record(self) -> dict[str, object]:
+        """The split as JSON-ready lists, with its digest (written to ``split.json``)."""
+        return {"hash": self.digest(), **{name: getattr(self, name).tolist()
+                                          for name in self._fields}}
+
     def digest(self) -> str:
         """A short hash of the three index arrays, to pin a split in logs and results."""
         h = hashlib.sha256()
@@ -39,7 +44,8 @@ def ssl_split(labels: np.ndarray, num_classes: int, num_labels: int, num_validat
     evenly over the classes; every remaining example is unlabeled.
 
     With ``unlabeled_includes_labeled`` the labeled examples are also put into the
-    unlabeled set (ICT's code does this; MixMatch's and the paper's wording do not).
+    unlabeled set: the paper's "all other samples are unlabeled" as ICT's code reads it
+    for CIFAR and SVHN; MixMatch's code keeps the two sets disjoint.
     """
     if num_labels % num_classes or num_validation % num_classes:
         raise ValueError("num_labels and num_validation must be multiples of the class count")
@@ -47,13 +53,27 @@ def ssl_split(labels: np.ndarray, num_classes: int, num_labels: int, num_validat
     order = rng.permutation(len(labels))
     per_class_val = num_validation // num_classes
     per_class_lab = num_labels // num_classes
-    validation, labeled = [], []
-    for c in range(num_classes):
-        members = order[labels[order] == c]
-        validation.append(members[:per_class_val])
-        labeled.append(members[per_class_val:per_class_val + per_class_lab])
-    validation = np.sort(np.concatenate(validation))
-    labeled = np.sort(np.concatenate(labeled))
+    validation = _per_class_prefix(order, labels, num_classes, per_class_val)
+    rest = order[~np.isin(order, validation)]
+    labeled = _per_class_prefix(rest, labels, num_classes, per_class_lab)
     excluded = validation if unlabeled_includes_labeled else np.concatenate([validation, labeled])
     unlabeled = np.setdiff1d(np.arange(len(labels)), excluded)
     return SplitIndices(labeled, unlabeled, validation)
+
+
+def _per_class_prefix(order: np.ndarray, labels: np.ndarray, num_classes: int,
+                      per_class: int) -> np.ndarray:
+    """The first ``per_class`` indices of each class, in the order given."""
+    return np.sort(np.concatenate(
+        [order[labels[order] == c][:per_class] for c in range(num_classes)]))
+
+
+def fold_split(labels: np.ndarray, labeled: np.ndarray, num_classes: int,
+               num_validation: int, seed: int) -> SplitIndices:
+    """A split whose labeled set is given (STL-10's predefined folds): validation is drawn
+    evenly per class from the other examples, and the rest is unlabeled."""
+    rest = np.setdiff1d(np.arange(len(labels)), labeled)
+    order = rest[np.random.default_rng(seed).permutation(len(rest))]
+    validation = _per_class_prefix(order, labels, num_classes, num_validation // num_classes)
+    unlabeled = np.setdiff1d(rest, validation)
+    return SplitIndices(np.sort(labeled), unlabeled, validation)
