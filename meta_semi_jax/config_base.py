@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Devices.
     c.parallel = "shard_map"           # shard_map | pmap
     c.sync_batch_norm = True           # BatchNorm statistics over all devices
+    c.unlabeled_placement = "replicated"  # replicated | sharded over devices (data/sampler.py)
     return c
 
 

@@ -15,7 +15,7 @@ from meta_semi_jax.data import DATASET_CHOICES, is_known_dataset
 from meta_semi_jax.meta import META_GRAD_METHODS
 from meta_semi_jax.models import MODELS
 from meta_semi_jax.optim import LR_SCHEDULES, OPTIMIZERS
-from meta_semi_jax.parallel import PARALLEL_MODES
+from meta_semi_jax.parallel import PARALLEL_MODES, PLACEMENTS
 
 
 class ConfigError(ValueError):
@@ -31,6 +31,7 @@ CHOICES: dict[str, Iterable[str]] = {
     "optimizer": OPTIMIZERS,
     "lr_schedule": LR_SCHEDULES,
     "parallel": PARALLEL_MODES,
+    "unlabeled_placement": PLACEMENTS,
 }
 
 # field -> (test, what the field allows)

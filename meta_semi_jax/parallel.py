@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "batch"
 PARALLEL_MODES: tuple[str, ...] = ("shard_map", "pmap")
+PLACEMENTS: tuple[str, ...] = ("replicated", "sharded")
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -76,12 +77,25 @@ class DataParallel:
         return jax.pmap(lambda x: x, axis_name=AXIS, devices=list(self.mesh.devices.flat))(stacked)
 
     def shard(self, tree: Any) -> Any:
-        """Splits the leading axis (a multiple of the device count) over the devices."""
+        """Splits the leading axis (a multiple of the device count) over the devices; with
+        several processes, each one places only the rows of its own devices."""
         if self.mode == "shard_map":
-            return jax.device_put(tree, NamedSharding(self.mesh, P(AXIS)))
+            sharding = NamedSharding(self.mesh, P(AXIS))
+            if jax.process_count() == 1:
+                return jax.device_put(tree, sharding)
+            return jax.tree.map(
+                lambda x: jax.make_array_from_process_local_data(
+                    sharding, self._process_rows(np.asarray(x)), np.shape(x)), tree)
         split = jax.tree.map(
             lambda x: np.reshape(np.asarray(x), (self.num_devices, -1) + np.shape(x)[1:]), tree)
         return jax.pmap(lambda x: x, axis_name=AXIS, devices=list(self.mesh.devices.flat))(split)
+
+    def _process_rows(self, array: np.ndarray) -> np.ndarray:
+        """The contiguous rows of a global array that belong to this process's devices."""
+        rows = array.shape[0] // self.num_devices
+        positions = [i for i, d in enumerate(self.mesh.devices.flat)
+                     if d.process_index == jax.process_index()]
+        return np.concatenate([array[i * rows:(i + 1) * rows] for i in positions])
 
     def unreplicate(self, tree: Any) -> Any:
         """One copy of a replicated tree, on the host."""
@@ -89,13 +103,14 @@ class DataParallel:
             tree = jax.tree.map(lambda x: x[0], tree)
         return jax.device_get(tree)
 
-    def run(self, fn: Callable[..., Any], in_kinds: Sequence[str],
+    def run(self, fn: Callable[..., Any], in_kinds: Sequence[Any],
             donate_argnums: tuple[int, ...] = ()) -> Callable[..., Any]:
         """Compiles ``fn`` (written against ``AXIS``) for this mode. ``in_kinds`` says for
-        each argument ``"replicated"`` or ``"sharded"``; outputs must be replicated
-        (reduced over ``AXIS`` inside ``fn``)."""
+        each argument ``"replicated"`` or ``"sharded"`` (or a pytree of those, per leaf);
+        outputs must be replicated (reduced over ``AXIS`` inside ``fn``)."""
         if self.mode == "shard_map":
-            specs = tuple(P() if kind == "replicated" else P(AXIS) for kind in in_kinds)
+            specs = tuple(jax.tree.map(lambda kind: P() if kind == "replicated" else P(AXIS),
+                                       kinds) for kinds in in_kinds)
             mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=specs, out_specs=P(),
                                    check_vma=False)
             return jax.jit(mapped, donate_argnums=donate_argnums)

@@ -51,5 +51,7 @@ def device_train_step(state: TrainState, data: DeviceData, key: jax.Array, *,
                          labeled_batch_size=config.labeled_batch_size,
                          unlabeled_batch_size=config.unlabeled_batch_size,
                          translate=config.translate, flip=config.flip,
-                         pad_mode=config.pad_mode, axis_name=AXIS)
+                         pad_mode=config.pad_mode,
+                         unlabeled_sharded=config.unlabeled_placement == "sharded",
+                         axis_name=AXIS)
     return train_step(state, batch, k_step, hparams, config.algorithm, axis_name=AXIS)

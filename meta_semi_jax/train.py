@@ -163,6 +163,21 @@ class Training(NamedTuple):
     test_eval: Evaluator
 
 
+def place_data(dp: DataParallel, ssl: data_lib.SSLData, unlabeled_kind: str) -> DeviceData:
+    """Training pools on the devices: the labeled pool replicated, the unlabeled pool
+    replicated or sharded (then cut to a multiple of the device count, dropping at most
+    D - 1 images at its end)."""
+    unlabeled = ssl.unlabeled_images
+    if unlabeled_kind == "sharded":
+        unlabeled = dp.shard(unlabeled[:len(unlabeled) - len(unlabeled) % dp.num_devices])
+    else:
+        unlabeled = dp.replicate(unlabeled)
+    return DeviceData(labeled_images=dp.replicate(ssl.labeled_images),
+                      labeled_labels=dp.replicate(ssl.labeled_labels),
+                      unlabeled_images=unlabeled, mean=dp.replicate(ssl.mean),
+                      std=dp.replicate(ssl.std))
+
+
 def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> Training:
     """Initialises the model and puts state, data and keys on the devices. The hidden
     labels of the unlabeled set (``ssl.unlabeled_labels``) are not passed on."""
@@ -173,12 +188,13 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
     state = create_train_state(model, make_optimizer(config), init_key,
                                jnp.zeros((1,) + ssl.labeled_images.shape[1:], jnp.float32))
     hparams = hparams_from_config(config, ssl.num_classes)
+    unlabeled_kind = config.unlabeled_placement
+    data_kinds = DeviceData(labeled_images="replicated", labeled_labels="replicated",
+                            unlabeled_images=unlabeled_kind, mean="replicated", std="replicated")
     step_fn = dp.run(functools.partial(device_train_step, config=config, hparams=hparams),
-                     ("replicated", "replicated", "replicated"), donate_argnums=(0,))
-    data = DeviceData(labeled_images=ssl.labeled_images, labeled_labels=ssl.labeled_labels,
-                      unlabeled_images=ssl.unlabeled_images, mean=ssl.mean, std=ssl.std)
+                     ("replicated", data_kinds, "replicated"), donate_argnums=(0,))
     return Training(
-        dp=dp, step_fn=step_fn, state=dp.replicate(state), data=dp.replicate(data),
+        dp=dp, step_fn=step_fn, state=dp.replicate(state), data=place_data(dp, ssl, unlabeled_kind),
         run_key=dp.replicate(run_key),
         val_eval=Evaluator(dp, ssl.val_images, ssl.val_labels, ssl.mean, ssl.std,
                            config.eval_batch_size),

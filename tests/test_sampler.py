@@ -123,3 +123,31 @@ def test_sample_batch_is_deterministic_in_key_and_step():
     d = sample(data, jax.random.PRNGKey(2), jnp.int32(2))
     for other in (c, d):
         assert not np.array_equal(a.unlabeled_images, other.unlabeled_images)
+
+
+def test_sharded_unlabeled_pool_is_read_once_per_epoch_by_every_device():
+    """unlabeled_sharded over 4 devices: device d holds rows [5d, 5d + 5) of the pool and,
+    over 5 steps of 2 images each, draws each of its rows exactly twice (two epochs)."""
+    from jax.sharding import PartitionSpec as P
+    from meta_semi_jax.parallel import AXIS, make_mesh
+
+    data = _device_data()
+    mesh = make_mesh(jax.devices()[:4])
+    spec = DeviceData(labeled_images=P(), labeled_labels=P(), unlabeled_images=P(AXIS),
+                      mean=P(), std=P())
+
+    def draw(data, step):
+        batch = sample_batch(data, jax.random.PRNGKey(3), step, labeled_batch_size=4,
+                             unlabeled_batch_size=8, translate=0, flip=False,
+                             unlabeled_sharded=True, axis_name=AXIS)
+        return batch.unlabeled_images
+
+    fn = jax.jit(jax.shard_map(draw, mesh=mesh, in_specs=(spec, P()), out_specs=P(AXIS),
+                               check_vma=False))
+    drawn = np.stack([_recover(np.asarray(fn(data, jnp.int32(s)))) - 100 for s in range(5)])
+    per_device = drawn.reshape(5, 4, 2).transpose(1, 0, 2).reshape(4, 10)
+    for device, values in enumerate(per_device):
+        counts = np.bincount(values, minlength=UNL_POOL)
+        own = np.arange(5 * device, 5 * device + 5)
+        np.testing.assert_array_equal(counts[own], 2)
+        assert counts.sum() == counts[own].sum()

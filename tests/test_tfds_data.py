@@ -173,3 +173,20 @@ def test_hidden_labels_of_the_unlabeled_set_do_not_change_training(mock_tfds, tm
     reference = run_steps(config, ssl)
     shuffled = run_steps(config, dataclasses.replace(ssl, unlabeled_labels=permuted))
     jax.tree.map(np.testing.assert_array_equal, reference, shuffled)
+
+
+def test_sharded_unlabeled_pool_each_device_holds_a_quarter(mock_tfds, tmp_path):
+    """With unlabeled_placement='sharded' each of 4 devices holds 1/4 of the unlabeled pool
+    and the step runs under shard_map and pmap with the same result."""
+    config = short_run_config(tmp_path)
+    config.unlabeled_placement = "sharded"
+    raw = data_lib.load_raw(config)
+    ssl = data_lib.split_dataset(raw, data_lib.split_indices(config, raw))
+    training = train.build_training(config, ssl)
+    pool = training.data.unlabeled_images
+    assert len(pool.addressable_shards) == 4
+    assert {shard.data.shape[0] for shard in pool.addressable_shards} == {len(ssl.unlabeled_images) // 4}
+    shard_map_params = run_steps(config, ssl)
+    config.parallel = "pmap"
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 shard_map_params, run_steps(config, ssl))

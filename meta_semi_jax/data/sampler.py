@@ -1,10 +1,17 @@
 """Batches drawn on the device from arrays that live on the device.
 
-The training arrays are copied to every device once, as uint8. Each step computes
-its global batch indices from (key, step) alone, a fresh permutation of each pool
-per epoch (an epoch is one pass over that pool), so no host work happens per step
-and a resumed run draws the same batches. Each device gathers, normalises and
-augments its contiguous slice of the global batch.
+The training arrays are put on the devices once, as uint8. Each step computes its
+batch indices from (key, step) alone, a fresh permutation of each pool per epoch (an
+epoch is one pass over that pool: every image is drawn once per epoch), so no host
+work happens per step and a resumed run draws the same batches. Each device gathers,
+normalises and augments its share of the batch.
+
+The labeled pool is replicated on every device and read as one global stream, each
+device taking its contiguous slice. The unlabeled pool is either replicated too (the
+same global stream: results do not depend on the device count) or sharded, each
+device holding ``1/D`` of it and reading its own shard once per epoch (memory per
+device shrinks with D, as STL-10's 100,000 96x96 images need; each host then holds
+only its devices' shards).
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import jax.numpy as jnp
 
 from meta_semi_jax.algorithms.common import SSLBatch
 from meta_semi_jax.augment import augment, example_keys, normalize
-from meta_semi_jax.parallel import global_example_ids, local_shard
+from meta_semi_jax.parallel import axis_index, axis_size, global_example_ids, local_shard
 
 
 @flax.struct.dataclass
@@ -46,16 +53,23 @@ def epoch_shuffled_indices(key: jax.Array, step: jax.Array, batch_size: int,
 
 def sample_batch(data: DeviceData, key: jax.Array, step: jax.Array, *,
                  labeled_batch_size: int, unlabeled_batch_size: int, translate: int,
-                 flip: bool, pad_mode: str = "zero", axis_name: str | None = None) -> SSLBatch:
+                 flip: bool, pad_mode: str = "zero", unlabeled_sharded: bool = False,
+                 axis_name: str | None = None) -> SSLBatch:
     """This device's share of the step's global batch, normalised and augmented.
 
-    Batch sizes are global; each device takes ``size / num_devices`` examples.
+    Batch sizes are global; each device takes ``size / num_devices`` examples. With
+    ``unlabeled_sharded`` ``data.unlabeled_images`` is this device's shard of the pool.
     """
     k_lab, k_unl, k_aug_lab, k_aug_unl = jax.random.split(key, 4)
     lab_idx = local_shard(epoch_shuffled_indices(
         k_lab, step, labeled_batch_size, data.labeled_images.shape[0]), axis_name)
-    unl_idx = local_shard(epoch_shuffled_indices(
-        k_unl, step, unlabeled_batch_size, data.unlabeled_images.shape[0]), axis_name)
+    if unlabeled_sharded:
+        unl_idx = epoch_shuffled_indices(
+            jax.random.fold_in(k_unl, axis_index(axis_name)), step,
+            unlabeled_batch_size // axis_size(axis_name), data.unlabeled_images.shape[0])
+    else:
+        unl_idx = local_shard(epoch_shuffled_indices(
+            k_unl, step, unlabeled_batch_size, data.unlabeled_images.shape[0]), axis_name)
 
     def prepare(images: jax.Array, aug_key: jax.Array) -> jax.Array:
         keys = example_keys(jax.random.fold_in(aug_key, step),
