@@ -35,6 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 500
     c.eval_every_steps = 200
     c.log_every_steps = 50
+    # Checkpoints (orbax): every so many steps and at the end; a rerun resumes.
+    c.checkpoint_every_steps = 1000
+    c.max_checkpoints = 2
+    c.allow_config_change = False      # resume although experiment-defining fields changed
     # Optimiser (Appendix C, CNN-13).
     c.optimizer = "sgd"                # sgd (Nesterov, coupled L2) | adam (decoupled decay)
     c.learning_rate = 0.1

@@ -41,6 +41,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_train_steps": (lambda v: v > 0, "a positive integer"),
     "eval_every_steps": (lambda v: v > 0, "a positive integer"),
     "log_every_steps": (lambda v: v > 0, "a positive integer"),
+    "checkpoint_every_steps": (lambda v: v > 0, "a positive integer"),
+    "max_checkpoints": (lambda v: v > 0, "a positive integer"),
     "labeled_batch_size": (lambda v: v > 0, "a positive integer"),
     "unlabeled_batch_size": (lambda v: v > 0, "a positive integer"),
     "eval_batch_size": (lambda v: v > 0, "a positive integer"),

@@ -10,7 +10,7 @@ import logging as std_logging
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from meta_semi_jax import train
@@ -23,18 +23,24 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, logs and
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 # JAX reports at INFO level every accelerator plugin it does not find (libtpu on every
 # GPU or CPU machine); that line is noise in front of the program's own messages.
 std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
 
 
-def _not_tfds_housekeeping(record: std_logging.LogRecord) -> bool:
-    """tfds warns through absl about its own metadata folders (e.g. 'Variant folder ...
-    has no dataset_info.json'); the program reports missing data itself."""
-    return not ("tensorflow_datasets" in record.pathname and record.levelno < std_logging.ERROR)
+QUIET_LIBRARIES = {"tensorflow_datasets": std_logging.ERROR, "orbax": std_logging.WARNING}
 
 
-std_logging.getLogger("absl").addFilter(_not_tfds_housekeeping)
+def _not_library_housekeeping(record: std_logging.LogRecord) -> bool:
+    """tfds warns through absl about its own metadata folders ('Variant folder ... has no
+    dataset_info.json'; the program reports missing data itself) and orbax logs every
+    step of every save at INFO; both would drown the program's own lines."""
+    return not any(f"/{library}/" in record.pathname and record.levelno < level
+                   for library, level in QUIET_LIBRARIES.items())
+
+
+std_logging.getLogger("absl").addFilter(_not_library_housekeeping)
 
 
 def _exit_with(message: str) -> None:
@@ -87,6 +93,11 @@ def main(argv: list[str]) -> None:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, DataError) as e:
         _exit_with(str(e))
+    except train.Preempted as e:
+        logging.warning("%s", e)
+    except train.NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -21,7 +22,7 @@ import numpy as np
 from absl import logging
 from jax import lax
 
-from meta_semi_jax import config_check, data as data_lib
+from meta_semi_jax import checkpoint, config_check, data as data_lib
 from meta_semi_jax.algorithms import HParams
 from meta_semi_jax.data.sampler import DeviceData
 from meta_semi_jax.models import create_model
@@ -117,11 +118,29 @@ def write_split(workdir: str, split: data_lib.SplitIndices) -> None:
         json.dump(split.record(), f)
 
 
-class RunLog:
-    """``metrics.jsonl`` (one JSON object per evaluation) in the workdir, plus the console."""
+class NonFiniteError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left intact."""
 
-    def __init__(self, workdir: str):
+
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+
+class RunLog:
+    """``metrics.jsonl``: one JSON object per evaluation, in the workdir.
+
+    A resumed run first drops the lines a killed run wrote after its last checkpoint,
+    so the file ends up as an uninterrupted run's.
+    """
+
+    def __init__(self, workdir: str, last_step: int = 0):
         self._path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(self._path):
+            with open(self._path) as f:
+                kept = [line for line in f if line.strip()
+                        and json.loads(line)["step"] <= last_step]
+            with open(self._path, "w") as f:
+                f.writelines(kept)
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self._path, "a") as f:
@@ -204,60 +223,132 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Checks ``config``, loads and splits its data, and trains and evaluates it, writing
-    ``split.json``, ``config.json``, ``metrics.jsonl`` and ``results.json`` to ``workdir``.
+    ``split.json``, ``config.json``, ``metrics.jsonl``, checkpoints and ``results.json``
+    to ``workdir``. A workdir with checkpoints resumes from the latest complete one.
 
     Returns the results dict.
     """
     start = time.time()
     config_check.check_config(config, jax.device_count())
     ssl = load_checked_data(config, workdir)
-    os.makedirs(workdir, exist_ok=True)
+    manager = checkpoint.open_manager(workdir, config.max_checkpoints)
+    check_resumable(config, manager)
     write_split(workdir, ssl.split)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    return run_training(config, workdir, ssl, start)
+    try:
+        return run_training(config, workdir, ssl, manager, start)
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+
+
+def check_resumable(config: ml_collections.ConfigDict, manager) -> None:
+    """Refuses to resume a checkpoint written with other values of the fields that define
+    the experiment, unless ``allow_config_change`` (then they are logged)."""
+    loop = checkpoint.latest_loop_record(manager)
+    if loop is None:
+        return
+    changed = checkpoint.changed_fields(loop["config"], config)
+    if changed and not config.allow_config_change:
+        raise config_check.ConfigError(
+            f"the checkpoint at step {loop['step']} in {manager.directory} was written with "
+            f"other values of {', '.join(changed)}; use another --workdir, or pass "
+            f"--config.allow_config_change=True to continue with the new values")
+    for change in changed:
+        logging.warning("resuming with a changed config field: %s", change)
+
+
+class StopSignal:
+    """Turns SIGTERM (a preemption notice) into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.received = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        del signum, frame
+        self.received = True
+
+
+def _all_finite(scalars: dict[str, float]) -> bool:
+    return all(np.isfinite(v) for v in scalars.values())
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.SSLData,
-                 start: float) -> dict[str, Any]:
-    """The training loop with its evaluations; writes metrics.jsonl and results.json."""
+                 manager, start: float) -> dict[str, Any]:
+    """The training loop with its evaluations and checkpoints; writes metrics.jsonl and,
+    at the end, results.json."""
     dp, step_fn, state, device_data, run_key, val_eval, test_eval = build_training(config, ssl)
+    loop = {"step": 0, "best": {"val_accuracy": -1.0, "step": 0, "test_accuracy": None},
+            "val_accuracy": None, "wall_seconds": 0.0, "config": checkpoint.fixed_fields(config)}
+    restored = checkpoint.restore_latest(manager, dp.unreplicate(state))
+    if restored is not None:
+        host_state, saved_loop = restored
+        state = dp.replicate(host_state)
+        loop.update(step=saved_loop["step"], best=saved_loop["best"],
+                    val_accuracy=saved_loop["val_accuracy"],
+                    wall_seconds=saved_loop["wall_seconds"])
+        logging.info("resumed from the checkpoint at step %d", loop["step"])
+    run_log = RunLog(workdir, last_step=loop["step"])
     logging.info("%s on %s with %d labels (split %s), %d unlabeled, %d devices (%s)",
                  config.algorithm, config.dataset, config.num_labels, ssl.split.digest(),
                  len(ssl.unlabeled_labels), dp.num_devices, config.parallel)
-    run_log = RunLog(workdir)
-    best = {"val_accuracy": -1.0, "step": 0, "test_accuracy": float("nan")}
+    stop = StopSignal()
     progress = Progress(config.num_train_steps)
-    val_accuracy = float("nan")
-    for step in range(1, config.num_train_steps + 1):
+
+    def save_checkpoint(step: int) -> None:
+        loop.update(step=step, wall_seconds=loop["wall_seconds"] + time.time() - start)
+        checkpoint.save(manager, step, dp.unreplicate(state), dict(loop))
+
+    first_step = loop["step"] + 1
+    for step in range(first_step, config.num_train_steps + 1):
         state, metrics = step_fn(state, device_data, run_key)
-        if step == 1:
+        last = step == config.num_train_steps
+        if step == first_step:
             jax.block_until_ready(metrics)
             logging.info("first step (with compilation) took %.1f s", time.time() - start)
             progress.restart(step)
-        if step % config.log_every_steps == 0 or step == config.num_train_steps:
-            logging.info("%s", progress.line(step, _host_metrics(metrics, dp)))
-        if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-            val_accuracy = val_eval.accuracy(state)
-            record = {"step": step, "val_accuracy": val_accuracy, **_host_metrics(metrics, dp)}
-            if val_accuracy > best["val_accuracy"]:
-                best = {"val_accuracy": val_accuracy, "step": step,
-                        "test_accuracy": test_eval.accuracy(state)}
-            run_log.write(record)
+        checkpoint_due = step % config.checkpoint_every_steps == 0 or last or stop.received
+        if step % config.log_every_steps == 0 or checkpoint_due:
+            scalars = _host_metrics(metrics, dp)
+            if not _all_finite(scalars):
+                good = manager.latest_step()
+                raise NonFiniteError(
+                    f"non-finite training metrics by step {step} ({scalars}); " + (
+                        f"the last good checkpoint is step {good} in {manager.directory}"
+                        if good is not None else "no checkpoint was written yet"))
+            if step % config.log_every_steps == 0 or last:
+                logging.info("%s", progress.line(step, scalars))
+        if step % config.eval_every_steps == 0 or last:
+            loop["val_accuracy"] = val_eval.accuracy(state)
+            if loop["val_accuracy"] > loop["best"]["val_accuracy"]:
+                loop["best"] = {"val_accuracy": loop["val_accuracy"], "step": step,
+                                "test_accuracy": test_eval.accuracy(state)}
+            run_log.write({"step": step, "val_accuracy": loop["val_accuracy"],
+                           **_host_metrics(metrics, dp)})
             logging.info("step %d  val accuracy %.2f%%  (best %.2f%% at step %d)", step,
-                         val_accuracy, best["val_accuracy"], best["step"])
+                         loop["val_accuracy"], loop["best"]["val_accuracy"],
+                         loop["best"]["step"])
+        if checkpoint_due:
+            save_checkpoint(step)
+        if stop.received and not last:
+            manager.wait_until_finished()
+            raise Preempted(f"SIGTERM: saved a checkpoint at step {step} in "
+                            f"{manager.directory}; run the same command to resume")
 
     test_accuracy = test_eval.accuracy(state)
+    best = loop["best"]
     results = {
         "algorithm": config.algorithm, "dataset": config.dataset, "model": config.model,
         "num_labels": config.num_labels, "seed": config.seed, "split_seed": config.split_seed,
         "split_hash": ssl.split.digest(), "step": config.num_train_steps,
         "test_accuracy": test_accuracy, "test_error": 100.0 - test_accuracy,
-        "val_accuracy": val_accuracy,
+        "val_accuracy": loop["val_accuracy"],
         "best_val_accuracy": best["val_accuracy"], "best_val_step": best["step"],
         "best_val_test_error": 100.0 - best["test_accuracy"],
         "num_devices": dp.num_devices, "parallel": config.parallel,
-        "wall_seconds": time.time() - start,
+        "wall_seconds": loop["wall_seconds"] + time.time() - start,
     }
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -1,0 +1,127 @@
+"""Runs that survive: a run killed with SIGKILL and restarted ends bitwise where an
+uninterrupted run ends; SIGTERM saves and exits 0; other configs are refused."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RUN = ("--config=configs/digits.py:50", "--config.num_train_steps=90",
+       "--config.eval_every_steps=15", "--config.checkpoint_every_steps=30",
+       "--config.log_every_steps=15")
+
+
+def command(workdir, *extra):
+    return [sys.executable, "-m", "meta_semi_jax.main", f"--workdir={workdir}", *RUN, *extra]
+
+
+def environment():
+    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                PYTHONPATH=str(REPO))
+
+
+def run(workdir, *extra):
+    return subprocess.run(command(workdir, *extra), cwd=REPO, env=environment(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def start(workdir, *extra):
+    return subprocess.Popen(command(workdir, *extra), cwd=REPO, env=environment(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(workdir, step, proc, timeout=240):
+    """Until orbax has finalised checkpoint ``step`` (its directory is renamed into place)."""
+    target = pathlib.Path(workdir) / "checkpoints" / str(step)
+    deadline = time.time() + timeout
+    while not target.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def final_params(workdir):
+    manager = ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints")
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return step, restored.state
+
+
+def results_without_time(workdir):
+    results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
+    del results["wall_seconds"]
+    return results
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    proc = run(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def test_sigkill_and_restart_reach_bitwise_the_same_run(uninterrupted, tmp_path):
+    proc = start(tmp_path)
+    wait_for_checkpoint(tmp_path, 30, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "results.json").exists()  # it really died mid-way
+    again = run(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from the checkpoint at step" in again.stderr
+    assert results_without_time(tmp_path) == results_without_time(uninterrupted)
+    assert ((tmp_path / "metrics.jsonl").read_text()
+            == (uninterrupted / "metrics.jsonl").read_text())
+    step_a, state_a = final_params(uninterrupted)
+    step_b, state_b = final_params(tmp_path)
+    assert step_a == step_b == 90
+    flat_a, flat_b = ocp.tree.to_flat_dict(state_a), ocp.tree.to_flat_dict(state_b)
+    assert flat_a.keys() == flat_b.keys()
+    for key in flat_a:
+        np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=str(key))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_0_then_resumes(uninterrupted, tmp_path):
+    proc = start(tmp_path)
+    wait_for_checkpoint(tmp_path, 30, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "SIGTERM: saved a checkpoint at step" in stderr
+    assert not (tmp_path / "results.json").exists()
+    again = run(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert results_without_time(tmp_path) == results_without_time(uninterrupted)
+
+
+def test_a_checkpoint_from_another_config_is_refused_and_kept(uninterrupted, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in uninterrupted.rglob("*")}
+    proc = run(uninterrupted, "--config.beta=0.7")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "beta: 0.5 -> 0.7" in lines[0], proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in uninterrupted.rglob("*")} == before
+
+
+def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(uninterrupted, tmp_path):
+    """Resume a finished run's step-60 checkpoint with a learning rate that diverges: the
+    run stops with exit status 3, naming the step and checkpoint 60, which is kept."""
+    shutil.copytree(uninterrupted / "checkpoints" / "60", tmp_path / "checkpoints" / "60")
+    proc = run(tmp_path, "--config.allow_config_change=True", "--config.learning_rate=1e30")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "non-finite training metrics by step 75" in error[0]
+    assert "the last good checkpoint is step 60" in error[0]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["60"]
+    assert not (tmp_path / "results.json").exists()
