@@ -4,6 +4,8 @@ The pure functions below are the paper's equations; ``train_step`` composes them
 one Meta-Semi update that works with any Flax model following ``TrainState``'s
 convention. ``python -m meta_semi_jax.main`` is the training program.
 """
+__version__ = "0.1.0"
+
 from meta_semi_jax.algorithms import ALGORITHMS, HParams, SSLBatch
 from meta_semi_jax.algorithms.common import per_example_loss_fn, pseudo_labels
 from meta_semi_jax.augment import augment, normalize
@@ -15,8 +17,6 @@ from meta_semi_jax.mixup import (mixup, mixup_labeled_and_unlabeled, mixup_with_
                                  sample_mixup_lambda)
 from meta_semi_jax.state import TrainState, create_train_state
 from meta_semi_jax.step import apply_update, train_step
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS", "HParams", "SSLBatch", "TrainState", "apply_update", "augment",

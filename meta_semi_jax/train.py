@@ -22,9 +22,10 @@ import numpy as np
 from absl import logging
 from jax import lax
 
-from meta_semi_jax import checkpoint, config_check, data as data_lib
+from meta_semi_jax import __version__, checkpoint, config_check, data as data_lib
 from meta_semi_jax.algorithms import HParams
 from meta_semi_jax.data.sampler import DeviceData
+from meta_semi_jax.logs import RunLog
 from meta_semi_jax.models import create_model
 from meta_semi_jax.optim import make_optimizer
 from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
@@ -126,27 +127,6 @@ class Preempted(Exception):
     """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
 
 
-class RunLog:
-    """``metrics.jsonl``: one JSON object per evaluation, in the workdir.
-
-    A resumed run first drops the lines a killed run wrote after its last checkpoint,
-    so the file ends up as an uninterrupted run's.
-    """
-
-    def __init__(self, workdir: str, last_step: int = 0):
-        self._path = os.path.join(workdir, "metrics.jsonl")
-        if os.path.exists(self._path):
-            with open(self._path) as f:
-                kept = [line for line in f if line.strip()
-                        and json.loads(line)["step"] <= last_step]
-            with open(self._path, "w") as f:
-                f.writelines(kept)
-
-    def write(self, record: dict[str, Any]) -> None:
-        with open(self._path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 class Progress:
     """The console's progress line: steps/s since the last line, and the time left."""
 
@@ -236,11 +216,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_split(workdir, ssl.split)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, "environment.json"), "w") as f:
+        json.dump(environment(), f, indent=2)
     try:
         return run_training(config, workdir, ssl, manager, start)
     finally:
         manager.wait_until_finished()
         manager.close()
+
+
+def environment() -> dict[str, Any]:
+    """Versions and devices of this run, recorded next to its config."""
+    import flax
+    import optax
+
+    return {"meta_semi_jax": __version__, "jax": jax.__version__, "flax": flax.__version__,
+            "optax": optax.__version__, "processes": jax.process_count(),
+            "devices": [str(d.device_kind) for d in jax.devices()]}
 
 
 def check_resumable(config: ml_collections.ConfigDict, manager) -> None:
@@ -320,13 +312,14 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
                         if good is not None else "no checkpoint was written yet"))
             if step % config.log_every_steps == 0 or last:
                 logging.info("%s", progress.line(step, scalars))
+                run_log.scalars(step, scalars, "train")
         if step % config.eval_every_steps == 0 or last:
             loop["val_accuracy"] = val_eval.accuracy(state)
             if loop["val_accuracy"] > loop["best"]["val_accuracy"]:
                 loop["best"] = {"val_accuracy": loop["val_accuracy"], "step": step,
                                 "test_accuracy": test_eval.accuracy(state)}
-            run_log.write({"step": step, "val_accuracy": loop["val_accuracy"],
-                           **_host_metrics(metrics, dp)})
+            run_log.evaluation({"step": step, "val_accuracy": loop["val_accuracy"],
+                                **_host_metrics(metrics, dp)})
             logging.info("step %d  val accuracy %.2f%%  (best %.2f%% at step %d)", step,
                          loop["val_accuracy"], loop["best"]["val_accuracy"],
                          loop["best"]["step"])
@@ -349,7 +342,9 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
         "best_val_test_error": 100.0 - best["test_accuracy"],
         "num_devices": dp.num_devices, "parallel": config.parallel,
         "wall_seconds": loop["wall_seconds"] + time.time() - start,
+        "version": __version__,
     }
+    run_log.close()
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     logging.info("final test error %.2f%% (best-validation model: %.2f%%)",

@@ -48,6 +48,10 @@ def test_short_run_writes_results_and_metrics(tmp_path, algorithm, devices, para
         assert all(0.0 <= r["selected"] <= 1.0 for r in records)
         assert "selected 0." in proc.stderr or "selected 1." in proc.stderr
     assert json.loads((tmp_path / "config.json").read_text())["algorithm"] == algorithm
+    assert json.loads((tmp_path / "environment.json").read_text())["processes"] == 1
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    assert (tmp_path / "checkpoints" / "30").is_dir()
 
 
 BAD_INPUTS = [
