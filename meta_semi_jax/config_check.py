@@ -80,6 +80,13 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
                         f"it must be a multiple of the number of devices ({num_devices})")
 
 
+def check_processes(config: ml_collections.ConfigDict, num_processes: int) -> None:
+    """pmap here feeds the devices of one process; several processes use shard_map."""
+    if num_processes > 1 and config.parallel == "pmap":
+        raise _fail(config, "parallel", f"a run over {num_processes} processes needs "
+                    f"shard_map (pmap is supported within one process)")
+
+
 def check_label_counts(config: ml_collections.ConfigDict, num_classes: int,
                        fold_size: int | None = None) -> None:
     """Label and validation counts that the dataset's classes (or STL-10's folds) allow."""

@@ -20,6 +20,14 @@ from meta_semi_jax.data import DataError
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and its argument, e.g. configs/digits.py:50.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, logs and checkpoints.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a run over several processes "
+    "(hosts); with --num_processes and --process_id. Without them, --multihost lets "
+    "jax.distributed find its peers itself (TPU pods, SLURM).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with "
+                               "the cluster's own discovery (TPU pods, SLURM).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_USAGE = 2
@@ -86,9 +94,24 @@ def parse_flags(argv: list[str]) -> list[str]:
     return []
 
 
+def initialize_processes() -> None:
+    """Joins the processes of a multi-host run; must come before any other JAX call."""
+    import jax
+
+    if _COORDINATOR.value:
+        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                                   num_processes=_NUM_PROCESSES.value,
+                                   process_id=_PROCESS_ID.value)
+    elif _MULTIHOST.value:
+        jax.distributed.initialize()
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _COORDINATOR.value and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
+        _exit_with("--coordinator_address needs --num_processes and --process_id")
+    initialize_processes()
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, DataError) as e:

@@ -70,8 +70,13 @@ class DataParallel:
         self.num_devices = mesh.devices.size
 
     def replicate(self, tree: Any) -> Any:
+        """A full copy on every device; with several processes each passes the same value."""
         if self.mode == "shard_map":
-            return jax.device_put(tree, NamedSharding(self.mesh, P()))
+            sharding = NamedSharding(self.mesh, P())
+            if jax.process_count() == 1:
+                return jax.device_put(tree, sharding)
+            return jax.tree.map(lambda x: jax.make_array_from_callback(
+                np.shape(x), sharding, lambda index: np.asarray(x)[index]), tree)
         stacked = jax.tree.map(
             lambda x: np.broadcast_to(np.asarray(x), (self.num_devices,) + np.shape(x)), tree)
         return jax.pmap(lambda x: x, axis_name=AXIS, devices=list(self.mesh.devices.flat))(stacked)
@@ -98,10 +103,10 @@ class DataParallel:
         return np.concatenate([array[i * rows:(i + 1) * rows] for i in positions])
 
     def unreplicate(self, tree: Any) -> Any:
-        """One copy of a replicated tree, on the host."""
+        """One copy of a replicated tree, on the host (from this process's first device)."""
         if self.mode == "pmap":
-            tree = jax.tree.map(lambda x: x[0], tree)
-        return jax.device_get(tree)
+            return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
     def run(self, fn: Callable[..., Any], in_kinds: Sequence[Any],
             donate_argnums: tuple[int, ...] = ()) -> Callable[..., Any]:

@@ -114,9 +114,12 @@ def check_same_split(workdir: str, split: data_lib.SplitIndices) -> None:
                 f"differ): use another --workdir")
 
 
-def write_split(workdir: str, split: data_lib.SplitIndices) -> None:
-    with open(os.path.join(workdir, "split.json"), "w") as f:
-        json.dump(split.record(), f)
+def write_json(workdir: str, name: str, record: dict[str, Any],
+               indent: int | None = 2) -> None:
+    """Writes ``workdir/name``; in a multi-host run only process 0 writes files."""
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, name), "w") as f:
+            json.dump(record, f, indent=indent)
 
 
 class NonFiniteError(RuntimeError):
@@ -210,14 +213,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     start = time.time()
     config_check.check_config(config, jax.device_count())
+    config_check.check_processes(config, jax.process_count())
     ssl = load_checked_data(config, workdir)
     manager = checkpoint.open_manager(workdir, config.max_checkpoints)
     check_resumable(config, manager)
-    write_split(workdir, ssl.split)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    with open(os.path.join(workdir, "environment.json"), "w") as f:
-        json.dump(environment(), f, indent=2)
+    write_json(workdir, "split.json", ssl.split.record(), indent=None)
+    write_json(workdir, "config.json", json.loads(config.to_json_best_effort()))
+    write_json(workdir, "environment.json", environment())
     try:
         return run_training(config, workdir, ssl, manager, start)
     finally:
@@ -345,8 +347,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
         "version": __version__,
     }
     run_log.close()
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(workdir, "results.json", results)
     logging.info("final test error %.2f%% (best-validation model: %.2f%%)",
                  results["test_error"], results["best_val_test_error"])
     return results
