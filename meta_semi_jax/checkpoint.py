@@ -56,11 +56,14 @@ def save(manager: ocp.CheckpointManager, step: int, host_state: TrainState,
 
 
 def latest_loop_record(manager: ocp.CheckpointManager) -> dict[str, Any] | None:
-    """The loop record of the latest complete checkpoint, without reading the state."""
+    """The loop record of the latest complete checkpoint, after reading its whole state
+    once without a target (so a damaged checkpoint is found before any compute)."""
     step = manager.latest_step()
     if step is None:
         return None
-    return manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), loop=ocp.args.JsonRestore()))
+    return restored.loop
 
 
 def restore_latest(manager: ocp.CheckpointManager,

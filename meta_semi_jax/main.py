@@ -7,6 +7,7 @@ before any compute with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import re
 import sys
 
@@ -51,9 +52,14 @@ def _not_library_housekeeping(record: std_logging.LogRecord) -> bool:
 std_logging.getLogger("absl").addFilter(_not_library_housekeeping)
 
 
-def _exit_with(message: str) -> None:
+def _exit_with(message: str, status: int = EXIT_USAGE) -> None:
+    """Prints one error line and ends the process at once: background threads of
+    tensorstore/orbax that a failed read left behind would otherwise print tracebacks
+    at interpreter shutdown. Nothing is left to flush or close at this point."""
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def one_line(message: str) -> str:
@@ -119,8 +125,7 @@ def main(argv: list[str]) -> None:
     except train.Preempted as e:
         logging.warning("%s", e)
     except train.NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_DIVERGED)
+        _exit_with(str(e), EXIT_DIVERGED)
 
 
 if __name__ == "__main__":

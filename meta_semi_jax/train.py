@@ -215,12 +215,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config_check.check_config(config, jax.device_count())
     config_check.check_processes(config, jax.process_count())
     ssl = load_checked_data(config, workdir)
+    make_workdir(workdir)
     manager = checkpoint.open_manager(workdir, config.max_checkpoints)
-    check_resumable(config, manager)
-    write_json(workdir, "split.json", ssl.split.record(), indent=None)
-    write_json(workdir, "config.json", json.loads(config.to_json_best_effort()))
-    write_json(workdir, "environment.json", environment())
     try:
+        check_resumable(config, manager)
+        write_json(workdir, "split.json", ssl.split.record(), indent=None)
+        write_json(workdir, "config.json", json.loads(config.to_json_best_effort()))
+        write_json(workdir, "environment.json", environment())
         return run_training(config, workdir, ssl, manager, start)
     finally:
         manager.wait_until_finished()
@@ -237,10 +238,28 @@ def environment() -> dict[str, Any]:
             "devices": [str(d.device_kind) for d in jax.devices()]}
 
 
+def make_workdir(workdir: str) -> None:
+    """Creates ``workdir`` (if needed) and checks that files can be written in it."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        if not os.access(workdir, os.W_OK | os.X_OK):
+            raise PermissionError("not writable")
+    except OSError as e:
+        raise config_check.ConfigError(
+            f"--workdir={workdir} cannot be used: {e.strerror or e}") from None
+
+
 def check_resumable(config: ml_collections.ConfigDict, manager) -> None:
     """Refuses to resume a checkpoint written with other values of the fields that define
-    the experiment, unless ``allow_config_change`` (then they are logged)."""
-    loop = checkpoint.latest_loop_record(manager)
+    the experiment, unless ``allow_config_change`` (then they are logged), and a
+    checkpoint that cannot be read (nothing in the workdir is changed)."""
+    try:
+        loop = checkpoint.latest_loop_record(manager)
+    except Exception as e:  # orbax raises many types for damaged files
+        raise config_check.ConfigError(
+            f"the latest checkpoint (step {manager.latest_step()}) in {manager.directory} "
+            f"cannot be read ({type(e).__name__}); move it away to resume from an earlier "
+            f"one, or use another --workdir") from None
     if loop is None:
         return
     changed = checkpoint.changed_fields(loop["config"], config)
@@ -276,7 +295,13 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
     dp, step_fn, state, device_data, run_key, val_eval, test_eval = build_training(config, ssl)
     loop = {"step": 0, "best": {"val_accuracy": -1.0, "step": 0, "test_accuracy": None},
             "val_accuracy": None, "wall_seconds": 0.0, "config": checkpoint.fixed_fields(config)}
-    restored = checkpoint.restore_latest(manager, dp.unreplicate(state))
+    try:
+        restored = checkpoint.restore_latest(manager, dp.unreplicate(state))
+    except Exception as e:  # orbax raises many types for damaged files
+        raise config_check.ConfigError(
+            f"the latest checkpoint (step {manager.latest_step()}) in {manager.directory} "
+            f"cannot be restored ({type(e).__name__}); move it away to resume from an "
+            f"earlier one, or use another --workdir") from None
     if restored is not None:
         host_state, saved_loop = restored
         state = dp.replicate(host_state)

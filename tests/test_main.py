@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -54,6 +55,7 @@ def test_short_run_writes_results_and_metrics(tmp_path, algorithm, devices, para
     assert (tmp_path / "checkpoints" / "30").is_dir()
 
 
+DIVISIBLE_BATCHES = ("--config.labeled_batch_size=24", "--config.unlabeled_batch_size=72")
 BAD_INPUTS = [
     (("--config.algorithm=fixmatch",), "config.algorithm='fixmatch'", "meta_semi"),
     (("--config.model=resnet50",), "config.model='resnet50'", "small_cnn"),
@@ -71,6 +73,26 @@ BAD_INPUTS = [
     (("--config.betta=1.0",), "unknown field 'betta'", 'Did you mean "beta"'),
     (("--config.beta=abc",), "--config.beta=abc", "could not convert"),
     (("--config=configs/digits.py:abc",), "got 'abc'", "must be an integer"),
+    (("--config.translate=-1",), "config.translate=-1", "an integer >= 0"),
+    (("--config.ema_decay=1.0",), "config.ema_decay=1.0", "[0, 1)"),
+    (("--config.learning_rate=0",), "config.learning_rate=0", "> 0"),
+    (("--config.parallel=xla",), "config.parallel='xla'", "pmap, shard_map"),
+    (("--config.optimizer=rmsprop",), "config.optimizer='rmsprop'", "adam, sgd"),
+    (("--config.unlabeled_placement=everywhere",), "config.unlabeled_placement='everywhere'",
+     "replicated, sharded"),
+    (("--config.checkpoint_every_steps=0",), "config.checkpoint_every_steps=0", "positive"),
+    (("--config.seed=-1",), "config.seed=-1", ">= 0"),
+    (("--config.eval_batch_size=30",), "config.eval_batch_size=30", "number of devices (4)"),
+    (("--config.num_validation=1300",), "config.num_validation=1300",
+     "smallest class of digits has"),
+    (("--config=configs/stl10.py:1000", "--config.fold=10"), "config.fold=10", "folds 0-9"),
+    (("--config=configs/cifar10.py:1000", *DIVISIBLE_BATCHES, "--config.dataset=tfds:no_such_set"),
+     "tfds:no_such_set", "tfds knows no dataset"),
+    (("--config=configs/cifar10.py:1000", *DIVISIBLE_BATCHES,
+      "--config.data_dir=/nonexistent/tfds"),
+     "dataset 'cifar10'", "python -m meta_semi_jax.data prepare cifar10"),
+    (("--coordinator_address=127.0.0.1:1",), "--coordinator_address", "--num_processes"),
+    (("surplus",), "unexpected arguments", "surplus"),
 ]
 
 
@@ -79,7 +101,9 @@ BAD_INPUTS = [
 def test_bad_input_stops_with_one_line_and_keeps_the_workdir(tmp_path, args, names, allowed):
     keep = tmp_path / "notes.txt"
     keep.write_text("written before the run")
-    proc = run_main("--config=configs/digits.py:50", f"--workdir={tmp_path}", *args, devices=4)
+    config = [] if any(a.startswith("--config=") for a in args) else [
+        "--config=configs/digits.py:50"]
+    proc = run_main(*config, f"--workdir={tmp_path}", *args, devices=4)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -87,6 +111,41 @@ def test_bad_input_stops_with_one_line_and_keeps_the_workdir(tmp_path, args, nam
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     assert keep.read_text() == "written before the run"
+
+
+def assert_one_error_line(proc, *parts):
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert all(part in lines[0] for part in parts), lines[0]
+
+
+def test_unwritable_workdir_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    proc = run_main("--config=configs/digits.py:50", f"--workdir={blocker}/run")
+    assert_one_error_line(proc, f"--workdir={blocker}/run cannot be used")
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("finished")
+    proc = run_main("--config=configs/digits.py:50", f"--workdir={workdir}", *SHORT_RUN)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return workdir
+
+
+@pytest.mark.parametrize("damage", ["loop/metadata", "state/manifest.ocdbt", "state/_METADATA"])
+def test_damaged_checkpoint_is_refused_and_nothing_is_changed(finished_run, tmp_path, damage):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir)
+    damaged = workdir / "checkpoints" / "30" / damage
+    damaged.write_bytes(damaged.read_bytes()[:10])
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    proc = run_main("--config=configs/digits.py:50", f"--workdir={workdir}", *SHORT_RUN)
+    assert_one_error_line(proc, "the latest checkpoint (step 30)", "cannot be read")
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
 
 
 def test_missing_config_file_is_one_line(tmp_path):
