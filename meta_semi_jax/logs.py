@@ -33,11 +33,12 @@ class RunLog:
         self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"),
                                           purge_step=last_step + 1)
 
-    def scalars(self, step: int, scalars: dict[str, float], prefix: str) -> None:
-        """TensorBoard scalars ``prefix/name`` at ``step``."""
+    def scalars(self, step: int, scalars: dict[str, float | None], prefix: str) -> None:
+        """TensorBoard scalars ``prefix/name`` at ``step`` (None values are skipped)."""
         if self._enabled:
             for name, value in scalars.items():
-                self._tensorboard.add_scalar(f"{prefix}/{name}", value, step)
+                if value is not None:
+                    self._tensorboard.add_scalar(f"{prefix}/{name}", value, step)
 
     def evaluation(self, record: dict[str, Any]) -> None:
         """One line of metrics.jsonl (which has ``step``), also sent to TensorBoard."""

@@ -150,8 +150,11 @@ class Progress:
                 f"{rate:.1f} steps/s  ETA {eta / 60:.1f} min")
 
 
-def _host_metrics(metrics: dict[str, jax.Array], dp: DataParallel) -> dict[str, float]:
-    return {k: float(v) for k, v in dp.unreplicate(metrics).items()}
+def _host_metrics(metrics: dict[str, jax.Array], dp: DataParallel) -> dict[str, float | None]:
+    """Scalars on the host; a diagnostic with nothing to measure (NaN) becomes None."""
+    values = {k: float(v) for k, v in dp.unreplicate(metrics).items()}
+    return {k: v if np.isfinite(v) or k in GUARDED_METRICS else None
+            for k, v in values.items()}
 
 
 class Training(NamedTuple):
@@ -167,22 +170,23 @@ class Training(NamedTuple):
 
 def place_data(dp: DataParallel, ssl: data_lib.SSLData, unlabeled_kind: str) -> DeviceData:
     """Training pools on the devices: the labeled pool replicated, the unlabeled pool
-    replicated or sharded (then cut to a multiple of the device count, dropping at most
-    D - 1 images at its end)."""
-    unlabeled = ssl.unlabeled_images
+    (with its hidden labels, for diagnostics only) replicated or sharded (then cut to a
+    multiple of the device count, dropping at most D - 1 images at its end)."""
+    unlabeled = (ssl.unlabeled_images, ssl.unlabeled_labels)
     if unlabeled_kind == "sharded":
-        unlabeled = dp.shard(unlabeled[:len(unlabeled) - len(unlabeled) % dp.num_devices])
+        keep = len(ssl.unlabeled_labels) - len(ssl.unlabeled_labels) % dp.num_devices
+        unlabeled = dp.shard(jax.tree.map(lambda x: x[:keep], unlabeled))
     else:
         unlabeled = dp.replicate(unlabeled)
     return DeviceData(labeled_images=dp.replicate(ssl.labeled_images),
                       labeled_labels=dp.replicate(ssl.labeled_labels),
-                      unlabeled_images=unlabeled, mean=dp.replicate(ssl.mean),
-                      std=dp.replicate(ssl.std))
+                      unlabeled_images=unlabeled[0], unlabeled_labels=unlabeled[1],
+                      mean=dp.replicate(ssl.mean), std=dp.replicate(ssl.std))
 
 
 def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> Training:
     """Initialises the model and puts state, data and keys on the devices. The hidden
-    labels of the unlabeled set (``ssl.unlabeled_labels``) are not passed on."""
+    labels of the unlabeled set only reach the pseudo-label diagnostics."""
     dp = DataParallel(config.parallel, make_mesh())
     model = create_model(config.model, ssl.num_classes,
                          axis_name=AXIS if config.sync_batch_norm else None)
@@ -192,7 +196,8 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
     hparams = hparams_from_config(config, ssl.num_classes)
     unlabeled_kind = config.unlabeled_placement
     data_kinds = DeviceData(labeled_images="replicated", labeled_labels="replicated",
-                            unlabeled_images=unlabeled_kind, mean="replicated", std="replicated")
+                            unlabeled_images=unlabeled_kind, unlabeled_labels=unlabeled_kind,
+                            mean="replicated", std="replicated")
     step_fn = dp.run(functools.partial(device_train_step, config=config, hparams=hparams),
                      ("replicated", data_kinds, "replicated"), donate_argnums=(0,))
     return Training(
@@ -284,8 +289,12 @@ class StopSignal:
         self.received = True
 
 
-def _all_finite(scalars: dict[str, float]) -> bool:
-    return all(np.isfinite(v) for v in scalars.values())
+GUARDED_METRICS = ("loss", "labeled_loss")
+
+
+def _all_finite(scalars: dict[str, float | None]) -> bool:
+    """Whether the training losses are finite (diagnostics may be undefined)."""
+    return all(np.isfinite(scalars[k]) for k in GUARDED_METRICS if k in scalars)
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.SSLData,

@@ -47,6 +47,8 @@ def test_short_run_writes_results_and_metrics(tmp_path, algorithm, devices, para
     assert "steps/s" in proc.stderr
     if algorithm == "meta_semi":
         assert all(0.0 <= r["selected"] <= 1.0 for r in records)
+        assert all(0.0 <= r["pseudo_label_accuracy"] <= 100.0 for r in records)
+        assert all("selected_pseudo_label_accuracy" in r for r in records)
         assert "selected 0." in proc.stderr or "selected 1." in proc.stderr
     assert json.loads((tmp_path / "config.json").read_text())["algorithm"] == algorithm
     assert json.loads((tmp_path / "environment.json").read_text())["processes"] == 1

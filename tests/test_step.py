@@ -120,3 +120,20 @@ def test_supervised_step_is_cross_entropy_on_labeled_data_only():
     other = batch.replace(unlabeled_images=batch.unlabeled_images + 5.0)
     other_state, _ = train_step(state, other, jax.random.PRNGKey(0), hparams, "supervised")
     jax.tree.map(np.testing.assert_array_equal, other_state.params, new_state.params)
+
+
+def test_pseudo_label_diagnostics_by_hand():
+    """W = Concat(X, U) with 2 labeled and 3 unlabeled examples; U's pseudo labels predict
+    classes 0, 1, 2 and the hidden labels are 0, 2, unknown: one right, one wrong."""
+    from meta_semi_jax.algorithms.common import pseudo_label_diagnostics
+
+    pseudo = jax.nn.one_hot(jnp.array([0, 1, 2]), 3)
+    hidden = jnp.array([0, 2, -1])
+    # U~_j is built on W_j: positions 2, 3, 4 are U's examples 0, 1, 2.
+    both = pseudo_label_diagnostics(pseudo, hidden, 2, jnp.array([1., 0., 1., 1., 0.]), None)
+    assert float(both["pseudo_label_accuracy"]) == pytest.approx(50.0)
+    assert float(both["selected_pseudo_label_accuracy"]) == pytest.approx(50.0)
+    assert np.isnan(float(both["rejected_pseudo_label_accuracy"]))  # only X and unknown
+    split = pseudo_label_diagnostics(pseudo, hidden, 2, jnp.array([0., 0., 1., 0., 1.]), None)
+    assert float(split["selected_pseudo_label_accuracy"]) == pytest.approx(100.0)
+    assert float(split["rejected_pseudo_label_accuracy"]) == pytest.approx(0.0)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from meta_semi_jax.losses import soft_cross_entropy
+from meta_semi_jax.parallel import axis_size, gather_global, local_shard
 from meta_semi_jax.state import TrainState, model_variables
 
 
@@ -18,10 +19,13 @@ class SSLBatch:
     """One device's share of a step's data, already augmented and normalised.
 
     labeled_images ``[B_l, H, W, C]``, labels ``[B_l]`` int, unlabeled_images ``[B_u, H, W, C]``.
+    ``hidden_labels`` ``[B_u]`` (optional; -1 where unknown) are the true classes of the
+    unlabeled images: they only feed diagnostics (pseudo-label accuracy), never a loss.
     """
     labeled_images: jax.Array
     labels: jax.Array
     unlabeled_images: jax.Array
+    hidden_labels: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +81,38 @@ def per_example_loss_fn(state: TrainState) -> Callable[[Any, tuple[jax.Array, ja
         logits, _ = forward_train(state, params, inputs)
         return soft_cross_entropy(logits, targets)
     return loss_fn
+
+
+def pseudo_label_diagnostics(pseudo: jax.Array, hidden_labels: jax.Array,
+                             num_labeled: int, weights: jax.Array,
+                             axis_name: str | None) -> dict[str, jax.Array]:
+    """Accuracy (%) of the EMA pseudo labels on all unlabeled examples with a known label,
+    and on the examples of U~ that Eq. (9) selected / rejected.
+
+    Example j of U~ = MixUp(W, Shuffle(W)) is built on W_j (weight lambda); it counts as
+    selected or rejected with the correctness of W_j's pseudo label when W_j is an
+    unlabeled example with a known label. For analysis only: nothing here reaches a loss.
+    """
+    known = (hidden_labels >= 0).astype(jnp.float32)
+    correct = (jnp.argmax(pseudo, -1) == hidden_labels).astype(jnp.float32) * known
+    # Per example of the global W = Concat(X, U); labeled examples are not counted.
+    global_correct, global_known = gather_global((correct, known), axis_name)
+    pad = jnp.zeros(num_labeled * axis_size(axis_name), jnp.float32)
+    base_correct, base_known = local_shard(
+        (jnp.concatenate([pad, global_correct]), jnp.concatenate([pad, global_known])),
+        axis_name)
+
+    def accuracy(mask: jax.Array) -> jax.Array:
+        hits = psum_if(jnp.sum(base_correct * mask), axis_name)
+        count = psum_if(jnp.sum(base_known * mask), axis_name)
+        return jnp.where(count > 0, 100.0 * hits / jnp.maximum(count, 1.0), jnp.nan)
+
+    all_hits = psum_if(jnp.sum(correct), axis_name)
+    all_count = psum_if(jnp.sum(known), axis_name)
+    return {"pseudo_label_accuracy": jnp.where(
+                all_count > 0, 100.0 * all_hits / jnp.maximum(all_count, 1.0), jnp.nan),
+            "selected_pseudo_label_accuracy": accuracy(weights),
+            "rejected_pseudo_label_accuracy": accuracy(1.0 - weights)}
 
 
 def pseudo_labels(state: TrainState, images: jax.Array, teacher_bn_mode: str) -> jax.Array:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, forward_train,
                                              per_example_loss_fn, pmean_if, psum_if,
-                                             pseudo_labels)
+                                             pseudo_label_diagnostics, pseudo_labels)
 from meta_semi_jax.losses import soft_cross_entropy
 from meta_semi_jax.meta import meta_scores, meta_weights, weighted_loss
 from meta_semi_jax.mixup import mixup_labeled_and_unlabeled
@@ -28,7 +28,8 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HPara
     ``key`` must be the same on every device of ``axis_name``.
 
     Metrics: ``loss`` (Eq. 1 on the global batch), ``selected`` (mean of w, the share
-    of U~ used), ``labeled_loss`` (mean loss on X~), ``mean_score``.
+    of U~ used), ``labeled_loss`` (mean loss on X~), ``mean_score``, and with
+    ``batch.hidden_labels`` the pseudo-label accuracies of ``pseudo_label_diagnostics``.
     """
     one_hot = jax.nn.one_hot(batch.labels, hparams.num_classes)
     targets_u = pseudo_labels(state, batch.unlabeled_images, hparams.teacher_bn_mode)
@@ -54,4 +55,7 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HPara
                "selected": pmean_if(jnp.mean(weights), axis_name),
                "labeled_loss": pmean_if(labeled_loss, axis_name),
                "mean_score": pmean_if(jnp.mean(scores), axis_name)}
+    if batch.hidden_labels is not None:
+        metrics.update(pseudo_label_diagnostics(targets_u, batch.hidden_labels,
+                                                batch.labels.shape[0], weights, axis_name))
     return Gradients(psum_if(grads, axis_name), pmean_if(batch_stats, axis_name), metrics)

@@ -26,12 +26,17 @@ from meta_semi_jax.parallel import axis_index, axis_size, global_example_ids, lo
 
 @flax.struct.dataclass
 class DeviceData:
-    """Training pools kept on the device (raw uint8 images) and the normalisation."""
+    """Training pools kept on the device (raw uint8 images) and the normalisation.
+
+    ``unlabeled_labels`` (-1 where unknown) are the hidden classes of the unlabeled pool,
+    for diagnostics only; ``None`` leaves them out.
+    """
     labeled_images: jax.Array
     labeled_labels: jax.Array
     unlabeled_images: jax.Array
     mean: jax.Array
     std: jax.Array
+    unlabeled_labels: jax.Array | None = None
 
 
 def epoch_shuffled_indices(key: jax.Array, step: jax.Array, batch_size: int,
@@ -77,6 +82,8 @@ def sample_batch(data: DeviceData, key: jax.Array, step: jax.Array, *,
         return augment(keys, normalize(images, data.mean, data.std), translate=translate,
                        flip=flip, pad_mode=pad_mode)
 
+    hidden = None if data.unlabeled_labels is None else data.unlabeled_labels[unl_idx]
     return SSLBatch(labeled_images=prepare(data.labeled_images[lab_idx], k_aug_lab),
                     labels=data.labeled_labels[lab_idx],
-                    unlabeled_images=prepare(data.unlabeled_images[unl_idx], k_aug_unl))
+                    unlabeled_images=prepare(data.unlabeled_images[unl_idx], k_aug_unl),
+                    hidden_labels=hidden)
