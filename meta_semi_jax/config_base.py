@@ -35,6 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 500
     c.eval_every_steps = 200
     c.log_every_steps = 50
+    c.log_assumption_ratio = False     # Monte-Carlo ratio of Assumption 1 at each evaluation
+    c.assumption_ratio_samples = 500   # the paper's sample size (Fig. 2)
     # Checkpoints (orbax): every so many steps and at the end; a rerun resumes.
     c.checkpoint_every_steps = 1000
     c.max_checkpoints = 2

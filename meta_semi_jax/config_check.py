@@ -42,6 +42,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval_every_steps": (lambda v: v > 0, "a positive integer"),
     "log_every_steps": (lambda v: v > 0, "a positive integer"),
     "checkpoint_every_steps": (lambda v: v > 0, "a positive integer"),
+    "assumption_ratio_samples": (lambda v: v > 0, "a positive integer"),
     "max_checkpoints": (lambda v: v > 0, "a positive integer"),
     "labeled_batch_size": (lambda v: v > 0, "a positive integer"),
     "unlabeled_batch_size": (lambda v: v > 0, "a positive integer"),
@@ -74,6 +75,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     for field, (test, allowed) in RANGES.items():
         if not test(config[field]):
             raise _fail(config, field, f"it must be {allowed}")
+    if config.log_assumption_ratio and config.algorithm != "meta_semi":
+        raise _fail(config, "log_assumption_ratio", "Assumption 1 is about L_meta: it needs "
+                    "config.algorithm='meta_semi'")
     for field in DIVISIBLE_BY_DEVICES:
         if config[field] % num_devices:
             raise _fail(config, field,

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import optax
 
-from meta_semi_jax.algorithms import ALGORITHMS, HParams, SSLBatch
+from meta_semi_jax.algorithms import ALGORITHMS, HParams, SSLBatch, meta_semi
 from meta_semi_jax.data.sampler import DeviceData, sample_batch
 from meta_semi_jax.ema import ema_decay_at, ema_update
 from meta_semi_jax.parallel import AXIS
@@ -39,19 +41,47 @@ def train_step(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HPar
     return new_state, result.metrics
 
 
+ASSUMPTION_STREAM = 0x5EED  # separates the ratio's random batches from the training ones
+
+
+def config_batch(data: DeviceData, key: jax.Array, step: jax.Array,
+                 config: ml_collections.ConfigDict) -> SSLBatch:
+    """This device's batch for ``step``, drawn and augmented as ``config`` says."""
+    return sample_batch(data, key, step, labeled_batch_size=config.labeled_batch_size,
+                        unlabeled_batch_size=config.unlabeled_batch_size,
+                        translate=config.translate, flip=config.flip,
+                        pad_mode=config.pad_mode,
+                        unlabeled_sharded=config.unlabeled_placement == "sharded",
+                        axis_name=AXIS)
+
+
 def device_train_step(state: TrainState, data: DeviceData, key: jax.Array, *,
                       config: ml_collections.ConfigDict,
                       hparams: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
     """The per-device program step over ``AXIS``: draw and augment this device's share
     of the batch on the device, then ``train_step``. ``key`` is the run's key; the
     step's randomness is ``fold_in(key, step)``, so a resumed run repeats it."""
-    step_key = jax.random.fold_in(key, state.step)
-    k_data, k_step = jax.random.split(step_key)
-    batch = sample_batch(data, k_data, state.step,
-                         labeled_batch_size=config.labeled_batch_size,
-                         unlabeled_batch_size=config.unlabeled_batch_size,
-                         translate=config.translate, flip=config.flip,
-                         pad_mode=config.pad_mode,
-                         unlabeled_sharded=config.unlabeled_placement == "sharded",
-                         axis_name=AXIS)
+    k_data, k_step = jax.random.split(jax.random.fold_in(key, state.step))
+    batch = config_batch(data, k_data, state.step, config)
     return train_step(state, batch, k_step, hparams, config.algorithm, axis_name=AXIS)
+
+
+def device_assumption_ratio(state: TrainState, data: DeviceData, key: jax.Array, *,
+                            config: ml_collections.ConfigDict, hparams: HParams,
+                            num_samples: int) -> dict[str, jax.Array]:
+    """Monte-Carlo estimate of the ratio of Assumption 1 (paper Fig. 2),
+    ``E ||grad L_meta||^2 / ||grad E G(X~)||^2``, over ``num_samples`` random batches
+    drawn with the run's ``key`` and the current step (not the training batches')."""
+    key = jax.random.fold_in(jax.random.fold_in(key, state.step), ASSUMPTION_STREAM)
+
+    def accumulate(carry, index):
+        k_data, k_step = jax.random.split(jax.random.fold_in(key, index))
+        batch = config_batch(data, k_data, jnp.int32(0), config)
+        squared, g_labeled = meta_semi.assumption_terms(state, batch, k_step, hparams, AXIS)
+        return (carry[0] + squared, jax.tree.map(jnp.add, carry[1], g_labeled)), None
+
+    zeros = (jnp.float32(0.0), jax.tree.map(jnp.zeros_like, state.params))
+    (squared_sum, g_sum), _ = jax.lax.scan(accumulate, zeros, jnp.arange(num_samples))
+    mean_g = jax.tree.map(lambda g: g / num_samples, g_sum)
+    return {"assumption_ratio": squared_sum / num_samples
+            / optax.tree.norm(mean_g, squared=True)}

@@ -30,7 +30,7 @@ from meta_semi_jax.models import create_model
 from meta_semi_jax.optim import make_optimizer
 from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
 from meta_semi_jax.state import TrainState, create_train_state, model_variables
-from meta_semi_jax.step import device_train_step
+from meta_semi_jax.step import device_assumption_ratio, device_train_step
 
 
 def hparams_from_config(config: ml_collections.ConfigDict, num_classes: int) -> HParams:
@@ -166,6 +166,7 @@ class Training(NamedTuple):
     run_key: jax.Array
     val_eval: Evaluator
     test_eval: Evaluator
+    ratio_fn: Callable[..., dict[str, jax.Array]] | None  # Assumption 1, when logged
 
 
 def place_data(dp: DataParallel, ssl: data_lib.SSLData, unlabeled_kind: str) -> DeviceData:
@@ -200,7 +201,13 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
                             mean="replicated", std="replicated")
     step_fn = dp.run(functools.partial(device_train_step, config=config, hparams=hparams),
                      ("replicated", data_kinds, "replicated"), donate_argnums=(0,))
+    ratio_fn = None
+    if config.log_assumption_ratio:
+        ratio_fn = dp.run(functools.partial(
+            device_assumption_ratio, config=config, hparams=hparams,
+            num_samples=config.assumption_ratio_samples), ("replicated", data_kinds, "replicated"))
     return Training(
+        ratio_fn=ratio_fn,
         dp=dp, step_fn=step_fn, state=dp.replicate(state), data=place_data(dp, ssl, unlabeled_kind),
         run_key=dp.replicate(run_key),
         val_eval=Evaluator(dp, ssl.val_images, ssl.val_labels, ssl.mean, ssl.std,
@@ -301,7 +308,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
                  manager, start: float) -> dict[str, Any]:
     """The training loop with its evaluations and checkpoints; writes metrics.jsonl and,
     at the end, results.json."""
-    dp, step_fn, state, device_data, run_key, val_eval, test_eval = build_training(config, ssl)
+    (dp, step_fn, state, device_data, run_key, val_eval, test_eval,
+     ratio_fn) = build_training(config, ssl)
     loop = {"step": 0, "best": {"val_accuracy": -1.0, "step": 0, "test_accuracy": None},
             "val_accuracy": None, "wall_seconds": 0.0, "config": checkpoint.fixed_fields(config)}
     try:
@@ -354,8 +362,11 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
             if loop["val_accuracy"] > loop["best"]["val_accuracy"]:
                 loop["best"] = {"val_accuracy": loop["val_accuracy"], "step": step,
                                 "test_accuracy": test_eval.accuracy(state)}
-            run_log.evaluation({"step": step, "val_accuracy": loop["val_accuracy"],
-                                **_host_metrics(metrics, dp)})
+            record = {"step": step, "val_accuracy": loop["val_accuracy"],
+                      **_host_metrics(metrics, dp)}
+            if ratio_fn is not None:
+                record.update(_host_metrics(ratio_fn(state, device_data, run_key), dp))
+            run_log.evaluation(record)
             logging.info("step %d  val accuracy %.2f%%  (best %.2f%% at step %d)", step,
                          loop["val_accuracy"], loop["best"]["val_accuracy"],
                          loop["best"]["step"])

@@ -27,9 +27,11 @@ SHORT_RUN = ("--config.num_train_steps=30", "--config.eval_every_steps=15",
 @pytest.mark.parametrize("algorithm,devices,parallel", [
     ("meta_semi", 2, "shard_map"), ("meta_semi", 2, "pmap"), ("supervised", 1, "shard_map")])
 def test_short_run_writes_results_and_metrics(tmp_path, algorithm, devices, parallel):
+    ratio = (["--config.log_assumption_ratio=True", "--config.assumption_ratio_samples=4"]
+             if algorithm == "meta_semi" else [])
     proc = run_main("--config=configs/digits.py:50", f"--workdir={tmp_path}",
                     f"--config.algorithm={algorithm}", f"--config.parallel={parallel}",
-                    *SHORT_RUN, devices=devices)
+                    *SHORT_RUN, *ratio, devices=devices)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     for key in ("test_accuracy", "test_error", "best_val_test_error", "val_accuracy", "step",
@@ -49,6 +51,7 @@ def test_short_run_writes_results_and_metrics(tmp_path, algorithm, devices, para
         assert all(0.0 <= r["selected"] <= 1.0 for r in records)
         assert all(0.0 <= r["pseudo_label_accuracy"] <= 100.0 for r in records)
         assert all("selected_pseudo_label_accuracy" in r for r in records)
+        assert all(0.0 < r["assumption_ratio"] < float("inf") for r in records)
         assert "selected 0." in proc.stderr or "selected 1." in proc.stderr
     assert json.loads((tmp_path / "config.json").read_text())["algorithm"] == algorithm
     assert json.loads((tmp_path / "environment.json").read_text())["processes"] == 1
@@ -95,6 +98,8 @@ BAD_INPUTS = [
      "dataset 'cifar10'", "python -m meta_semi_jax.data prepare cifar10"),
     (("--coordinator_address=127.0.0.1:1",), "--coordinator_address", "--num_processes"),
     (("surplus",), "unexpected arguments", "surplus"),
+    (("--config.algorithm=supervised", "--config.log_assumption_ratio=True"),
+     "config.log_assumption_ratio=True", "needs config.algorithm='meta_semi'"),
 ]
 
 

@@ -8,17 +8,47 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import optax
 
 from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, forward_train,
                                              per_example_loss_fn, pmean_if, psum_if,
                                              pseudo_label_diagnostics, pseudo_labels)
 from meta_semi_jax.losses import soft_cross_entropy
-from meta_semi_jax.meta import meta_scores, meta_weights, weighted_loss
-from meta_semi_jax.mixup import mixup_labeled_and_unlabeled
+from meta_semi_jax.meta import labeled_gradient, meta_scores, meta_weights, weighted_loss
+from meta_semi_jax.mixup import Mixed, mixup_labeled_and_unlabeled
 from meta_semi_jax.parallel import gather_global, local_shard
 from meta_semi_jax.state import TrainState
+
+
+def mixed_batches(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
+                  axis_name: str | None = None) -> tuple[Mixed, Mixed, jax.Array]:
+    """This device's X~ and U~ (Eqs. 12-13) and the pseudo labels of its U (Sec. 3.3).
+
+    MixUp partners are drawn from the global batch, so the step does not depend on how
+    many devices share it; each device then keeps its slice of X~ and U~.
+    """
+    one_hot = jax.nn.one_hot(batch.labels, hparams.num_classes)
+    targets_u = pseudo_labels(state, batch.unlabeled_images, hparams.teacher_bn_mode)
+    global_inputs = gather_global(
+        (batch.labeled_images, one_hot, batch.unlabeled_images, targets_u), axis_name)
+    mixed_x, mixed_u = local_shard(
+        mixup_labeled_and_unlabeled(key, *global_inputs, hparams.beta), axis_name)
+    return mixed_x, mixed_u, targets_u
+
+
+def assumption_terms(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
+                     axis_name: str | None = None) -> tuple[jax.Array, Any]:
+    """For one sample of (X~, U~): ``||grad L_meta||^2`` and ``grad G(X~)`` with
+    ``G = sum_i L(y~_i, p(x~_i))`` (Eq. 15), the two sides of Assumption 1."""
+    meta_grads = gradients(state, batch, key, hparams, axis_name).grads
+    mixed_x, _, _ = mixed_batches(state, batch, key, hparams, axis_name)
+    g_labeled = labeled_gradient(per_example_loss_fn(state), state.params, tuple(mixed_x),
+                                 axis_name)
+    return optax.tree.norm(meta_grads, squared=True), g_labeled
 
 
 def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
@@ -31,14 +61,7 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HPara
     of U~ used), ``labeled_loss`` (mean loss on X~), ``mean_score``, and with
     ``batch.hidden_labels`` the pseudo-label accuracies of ``pseudo_label_diagnostics``.
     """
-    one_hot = jax.nn.one_hot(batch.labels, hparams.num_classes)
-    targets_u = pseudo_labels(state, batch.unlabeled_images, hparams.teacher_bn_mode)
-    # MixUp partners are drawn from the global batch, so the step does not depend on
-    # how many devices share it; each device then keeps its slice of X~ and U~.
-    global_inputs = gather_global(
-        (batch.labeled_images, one_hot, batch.unlabeled_images, targets_u), axis_name)
-    mixed_x, mixed_u = local_shard(
-        mixup_labeled_and_unlabeled(key, *global_inputs, hparams.beta), axis_name)
+    mixed_x, mixed_u, targets_u = mixed_batches(state, batch, key, hparams, axis_name)
     loss_fn = per_example_loss_fn(state)
     scores = meta_scores(loss_fn, state.params, tuple(mixed_x), tuple(mixed_u),
                          hparams.meta_grad, axis_name=axis_name)
