@@ -24,6 +24,7 @@ from jax import lax
 
 from meta_semi_jax import __version__, checkpoint, config_check, data as data_lib
 from meta_semi_jax.algorithms import HParams
+from meta_semi_jax.augment import normalize
 from meta_semi_jax.data.sampler import DeviceData
 from meta_semi_jax.logs import RunLog
 from meta_semi_jax.models import create_model
@@ -47,8 +48,7 @@ def device_eval_counts(state: TrainState, images: jax.Array, labels: jax.Array,
 
     def chunk_correct(chunk):
         x, y, m = chunk
-        x = (x.astype(jnp.float32) - mean) / std
-        logits = state.apply_fn(variables, x, train=False)
+        logits = state.apply_fn(variables, normalize(x, mean, std), train=False)
         return jnp.sum((jnp.argmax(logits, -1) == y) * m)
 
     reshape = lambda a: a.reshape((-1, chunk_size) + a.shape[1:])
@@ -332,9 +332,10 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
                  len(ssl.unlabeled_labels), dp.num_devices, config.parallel)
     stop = StopSignal()
     progress = Progress(config.num_train_steps)
+    earlier_seconds = loop["wall_seconds"]  # spent by the runs this one resumes
 
     def save_checkpoint(step: int) -> None:
-        loop.update(step=step, wall_seconds=loop["wall_seconds"] + time.time() - start)
+        loop.update(step=step, wall_seconds=earlier_seconds + time.time() - start)
         checkpoint.save(manager, step, dp.unreplicate(state), dict(loop))
 
     first_step = loop["step"] + 1
@@ -388,7 +389,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
         "best_val_accuracy": best["val_accuracy"], "best_val_step": best["step"],
         "best_val_test_error": 100.0 - best["test_accuracy"],
         "num_devices": dp.num_devices, "parallel": config.parallel,
-        "wall_seconds": loop["wall_seconds"] + time.time() - start,
+        "wall_seconds": earlier_seconds + time.time() - start,
         "version": __version__,
     }
     run_log.close()

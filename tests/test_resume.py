@@ -66,8 +66,11 @@ def results_without_time(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
+    started = time.time()
     proc = run(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (tmp_path_factory.getbasetemp() / "uninterrupted_seconds.txt").write_text(
+        str(time.time() - started))
     return workdir
 
 
@@ -125,3 +128,13 @@ def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(uninterrupted,
     assert "the last good checkpoint is step 60" in error[0]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["60"]
     assert not (tmp_path / "results.json").exists()
+
+
+def test_wall_seconds_count_each_second_once(uninterrupted, tmp_path_factory):
+    """A run's recorded time is at most the time its process took (saves do not add it
+    up repeatedly), and the last checkpoint's time is at most the final one."""
+    elapsed = float((tmp_path_factory.getbasetemp() / "uninterrupted_seconds.txt").read_text())
+    results = json.loads((uninterrupted / "results.json").read_text())
+    loop = ocp.CheckpointManager(uninterrupted / "checkpoints").restore(
+        90, args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
+    assert 0 < loop["wall_seconds"] <= results["wall_seconds"] <= elapsed
