@@ -1,0 +1,137 @@
+"""Times the full jitted training step and reports its compiled memory.
+
+    python -m meta_semi_jax.benchmark --model=cnn13 --json=bench.json
+    python -m meta_semi_jax.benchmark --model=small_cnn --steps=5 --warmup=1
+
+Each row is one (algorithm, meta_grad) on the paper's batch and image size for the
+model, with data already on the device: the program's own step (on-device sampling,
+augmentation, MixUp, meta-gradient, update), compiled, warmed up, then timed step by
+step with ``block_until_ready``; the median is reported. ``images_per_s`` counts the
+labeled and unlabeled images of a step's batch. ``peak_bytes`` is XLA's memory
+analysis of the compiled step (arguments + outputs + temporaries - aliased).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from meta_semi_jax import data as data_lib
+from meta_semi_jax import train
+from meta_semi_jax.config_base import base_config
+from meta_semi_jax.data.split import SplitIndices
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """A model at the batch and image size of the experiments that use it."""
+    image_shape: tuple[int, int, int]
+    labeled_batch_size: int
+    unlabeled_batch_size: int
+    num_classes: int = 10
+
+
+WORKLOADS: dict[str, Workload] = {
+    "cnn13": Workload((32, 32, 3), 25, 75),        # CIFAR, Appendix C
+    "wrn28_2": Workload((32, 32, 3), 32, 96),      # CIFAR, MixMatch's WRN recipe
+    "small_cnn": Workload((8, 8, 1), 32, 96),      # digits
+}
+DEFAULT_ROWS = ("meta_semi:jvp", "meta_semi:per_example", "meta_semi:unrolled", "supervised")
+
+_MODEL = flags.DEFINE_enum("model", "cnn13", list(WORKLOADS), "Model to time.")
+_ROWS = flags.DEFINE_list("algorithms", list(DEFAULT_ROWS),
+                          "algorithm or algorithm:meta_grad, e.g. meta_semi:unrolled.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per row.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+_JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
+
+
+def synthetic_data(workload: Workload, pool: int = 1000) -> data_lib.SSLData:
+    """Random uint8 images and labels: the step's cost does not depend on their values."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (pool,) + workload.image_shape, dtype=np.uint8)
+    labels = rng.integers(0, workload.num_classes, pool).astype(np.int32)
+    half = pool // 2
+    split = SplitIndices(np.arange(half), np.arange(half, pool), np.arange(half))
+    mean, std = data_lib.channel_mean_std(images)
+    return data_lib.SSLData(
+        labeled_images=images[:half], labeled_labels=labels[:half],
+        unlabeled_images=images[half:], unlabeled_labels=labels[half:],
+        val_images=images[:half], val_labels=labels[:half], test_images=images[:half],
+        test_labels=labels[:half], num_classes=workload.num_classes, mean=mean, std=std,
+        split=split)
+
+
+def peak_bytes(compiled) -> int | None:
+    """XLA's estimate of the compiled step's peak device memory, if the backend has one."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+               + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+
+
+def time_row(model: str, row: str, steps: int, warmup: int) -> dict[str, Any]:
+    """Median step time and compiled memory of one ``algorithm[:meta_grad]``."""
+    algorithm, _, meta_grad = row.partition(":")
+    workload = WORKLOADS[model]
+    config = base_config()
+    config.model, config.algorithm, config.meta_grad = model, algorithm, meta_grad or "jvp"
+    config.labeled_batch_size = workload.labeled_batch_size
+    config.unlabeled_batch_size = workload.unlabeled_batch_size
+    config.translate, config.flip = 2, True
+    training = train.build_training(config, synthetic_data(workload))
+    state, data, key = training.state, training.data, training.run_key
+    compiled = training.step_fn.lower(state, data, key).compile()
+    for _ in range(1 + warmup):
+        state, metrics = compiled(state, data, key)
+    jax.block_until_ready(metrics)
+    seconds = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        state, metrics = compiled(state, data, key)
+        jax.block_until_ready((state, metrics))
+        seconds.append(time.perf_counter() - started)
+    ms = 1000 * statistics.median(seconds)
+    images = workload.labeled_batch_size + workload.unlabeled_batch_size
+    return {"algorithm": algorithm, "meta_grad": meta_grad or None, "model": model,
+            "ms_per_step": ms, "images_per_s": images / (ms / 1000),
+            "peak_bytes": peak_bytes(compiled)}
+
+
+def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adds ``ratio_to_ict`` (each row's time over the ict step's, when one was timed)."""
+    ict = next((r["ms_per_step"] for r in rows if r["algorithm"] == "ict"), None)
+    return [{**r, "ratio_to_ict": r["ms_per_step"] / ict if ict else None} for r in rows]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| algorithm | meta_grad | model | ms/step | images/s | ratio to ict | peak MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['ratio_to_ict']:.2f}" if r["ratio_to_ict"] else "-"
+        peak = f"{r['peak_bytes'] / 2**20:.1f}" if r["peak_bytes"] is not None else "-"
+        lines.append(f"| {r['algorithm']} | {r['meta_grad'] or '-'} | {r['model']} | "
+                     f"{r['ms_per_step']:.1f} | {r['images_per_s']:.0f} | {ratio} | {peak} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    rows = with_ratios([time_row(_MODEL.value, row, _STEPS.value, _WARMUP.value)
+                        for row in _ROWS.value])
+    print(f"{jax.devices()[0].device_kind} x {jax.device_count()}")
+    print(table(rows))
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
