@@ -32,6 +32,9 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_USAGE = 2
+# The terminal's stderr, kept aside: train.check_resumable silences file descriptor 2
+# when a damaged checkpoint leaves tensorstore threads that print at random moments.
+_USER_STDERR = os.dup(2)
 EXIT_DIVERGED = 3
 # JAX reports at INFO level every accelerator plugin it does not find (libtpu on every
 # GPU or CPU machine); that line is noise in front of the program's own messages.
@@ -56,9 +59,9 @@ def _exit_with(message: str, status: int = EXIT_USAGE) -> None:
     """Prints one error line and ends the process at once: background threads of
     tensorstore/orbax that a failed read left behind would otherwise print tracebacks
     at interpreter shutdown. Nothing is left to flush or close at this point."""
-    print(f"error: {message}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
+    os.write(_USER_STDERR, f"error: {message}\n".encode())
     os._exit(status)
 
 

@@ -8,10 +8,12 @@ evaluation with the best validation accuracy, and never selects anything.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -261,12 +263,34 @@ def make_workdir(workdir: str) -> None:
             f"--workdir={workdir} cannot be used: {e.strerror or e}") from None
 
 
+@contextlib.contextmanager
+def stderr_closed_if_it_fails():
+    """Points file descriptor 2 at /dev/null for the block and leaves it there if the
+    block raises: after a failed checkpoint read, tensorstore threads call into orbax's
+    closed event loop and print tracebacks at random moments, in front of the one error
+    line (which ``main`` writes to the terminal's stderr, kept aside)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    except BaseException:
+        raise
+    else:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+    finally:
+        os.close(devnull)
+        os.close(saved)
+
+
 def check_resumable(config: ml_collections.ConfigDict, manager) -> None:
     """Refuses to resume a checkpoint written with other values of the fields that define
     the experiment, unless ``allow_config_change`` (then they are logged), and a
     checkpoint that cannot be read (nothing in the workdir is changed)."""
     try:
-        loop = checkpoint.latest_loop_record(manager)
+        with stderr_closed_if_it_fails():
+            loop = checkpoint.latest_loop_record(manager)
     except Exception as e:  # orbax raises many types for damaged files
         raise config_check.ConfigError(
             f"the latest checkpoint (step {manager.latest_step()}) in {manager.directory} "
