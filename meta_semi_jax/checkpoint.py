@@ -24,7 +24,7 @@ FIXED_ON_RESUME: tuple[str, ...] = (
     "unlabeled_includes_labeled", "seed", "labeled_batch_size", "unlabeled_batch_size",
     "beta", "optimizer", "learning_rate", "lr_schedule", "num_train_steps", "ema_decay",
     "teacher_bn_mode", "translate", "flip", "pad_mode", "weight_decay", "momentum",
-    "nesterov", "meta_grad", "unlabeled_placement")
+    "nesterov", "meta_grad", "unlabeled_placement", "pseudo_label", "mixup", "weights")
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -39,13 +39,18 @@ def open_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
 
 
 def fixed_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return {field: config[field] for field in FIXED_ON_RESUME}
+    """The experiment-defining fields, with the running algorithm's own values
+    (``config.<algorithm>``) when it has any."""
+    fields = {field: config[field] for field in FIXED_ON_RESUME}
+    if isinstance(config.get(config.algorithm), ml_collections.ConfigDict):
+        fields[config.algorithm] = config[config.algorithm].to_dict()
+    return fields
 
 
 def changed_fields(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-    """Fields of ``FIXED_ON_RESUME`` whose value differs from the checkpoint's."""
-    return [f"{field}: {saved.get(field)!r} -> {config[field]!r}"
-            for field in FIXED_ON_RESUME if saved.get(field) != config[field]]
+    """Experiment-defining fields whose value differs from the checkpoint's."""
+    return [f"{field}: {saved.get(field)!r} -> {value!r}"
+            for field, value in fixed_fields(config).items() if saved.get(field) != value]
 
 
 def save(manager: ocp.CheckpointManager, step: int, host_state: TrainState,

@@ -11,7 +11,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # What to train.
-    c.algorithm = "meta_semi"          # meta_semi | supervised
+    c.algorithm = "meta_semi"          # see meta_semi_jax.algorithms.ALGORITHMS
     c.model = "small_cnn"              # small_cnn | cnn13 | wrn28_2
     c.dataset = "digits"               # digits | cifar10 | cifar100 | svhn | stl10 | tfds:<name>
     c.data_dir = ""                    # tfds data directory ("" = tfds' default)
@@ -27,7 +27,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.beta = 1.0                       # MixUp's Beta(beta, beta), Eqs. (12)-(13)
     c.meta_grad = "jvp"                # jvp | unrolled | per_example (meta.py)
     c.teacher_bn_mode = "train"        # train | eval: BatchNorm of the EMA teacher (ICT: train)
-    c.ema_decay = 0.999
+    c.ema_decay = 0.999                # 0: no parameter EMA (Table 5)
+    # Table 5's ablations of Meta-Semi (algorithms/meta_semi.py).
+    c.pseudo_label = "soft"            # soft | one_hot
+    c.mixup = "both"                   # both | unlabeled | labeled | none: which data MixUp mixes
+    c.weights = "meta"                 # meta (Eq. 9) | ones | sign (+-1)
     # Steps and batches (global over all devices).
     c.num_train_steps = 2000
     c.labeled_batch_size = 25
@@ -56,7 +60,34 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel = "shard_map"           # shard_map | pmap
     c.sync_batch_norm = True           # BatchNorm statistics over all devices
     c.unlabeled_placement = "replicated"  # replicated | sharded over devices (data/sampler.py)
+    set_baseline_recipes(c, steps_per_epoch=1, num_train_images=1, mixmatch_weight=75.0)
     return c
+
+
+def set_baseline_recipes(c: ml_collections.ConfigDict, *, steps_per_epoch: int,
+                         num_train_images: int, mixmatch_weight: float,
+                         ict_alpha: float = 1.0) -> None:
+    """The other algorithms' hyper-parameters, ``c.<algorithm>.*``, from their own papers
+    (each module in ``meta_semi_jax/algorithms`` says where a value comes from).
+
+    Ramp-ups given in epochs use ``steps_per_epoch``; ICT's (a quarter of training)
+    and the Pi-model's weight (scaled by the labeled fraction) follow overrides of
+    ``num_train_steps`` and ``num_labels``.
+    """
+    steps = c.get_ref("num_train_steps")
+    c.supervised_mixup = ml_collections.ConfigDict({"alpha": 1.0})
+    c.pi_model = ml_collections.ConfigDict({
+        "weight": c.get_ref("num_labels") * (100.0 / num_train_images),
+        "rampup_steps": 80 * steps_per_epoch})
+    c.mean_teacher = ml_collections.ConfigDict({
+        "weight": 100.0, "rampup_steps": 5 * steps_per_epoch})
+    c.ict = ml_collections.ConfigDict({
+        "alpha": ict_alpha, "weight": 100.0, "rampup_steps": steps // 4})
+    c.meta_semi_ict = ml_collections.ConfigDict({
+        "alpha": ict_alpha, "weight": 100.0, "rampup_steps": steps // 4})
+    c.mixmatch = ml_collections.ConfigDict({
+        "alpha": 0.75, "weight": mixmatch_weight, "rampup_steps": 16_384,
+        "temperature": 0.5, "augmentations": 2})
 
 
 def label_count(arg: str) -> int:
@@ -68,11 +99,12 @@ def label_count(arg: str) -> int:
             from None
 
 
-def cnn13_config(dataset: str, num_labels: str, num_validation: int,
-                 train_size: int) -> ml_collections.ConfigDict:
+def cnn13_config(dataset: str, num_labels: str, num_validation: int, train_size: int, *,
+                 mixmatch_weight: float, ict_alpha: float = 1.0) -> ml_collections.ConfigDict:
     """Appendix C's CNN-13 recipe: SGD Nesterov 0.9, L2 1e-4, lr 0.1 cosine to 0 over 600
     epochs, batch 25 labeled + 75 unlabeled, EMA 0.999. An epoch is one pass over the
-    unlabeled set (ICT's definition), which holds every non-validation training image."""
+    unlabeled set (ICT's definition), which holds every non-validation training image.
+    ``mixmatch_weight`` (MixMatch's lambda_u) and ``ict_alpha`` differ per dataset."""
     c = base_config()
     c.dataset, c.model = dataset, "cnn13"
     c.num_labels = label_count(num_labels)
@@ -83,6 +115,33 @@ def cnn13_config(dataset: str, num_labels: str, num_validation: int,
     c.eval_every_steps = epochs_to_steps(5, train_size - num_validation, 75)
     c.log_every_steps = 200
     c.eval_batch_size = 500
+    set_baseline_recipes(c, steps_per_epoch=epochs_to_steps(1, train_size - num_validation, 75),
+                         num_train_images=train_size - num_validation,
+                         mixmatch_weight=mixmatch_weight, ict_alpha=ict_alpha)
+    return c
+
+
+def mixmatch_recipe_config(dataset: str, num_labels: str, num_validation: int,
+                           train_size: int, *, mixmatch_weight: float
+                           ) -> ml_collections.ConfigDict:
+    """Appendix C's WRN-28-2 recipe, MixMatch's except the batch: Adam lr 0.002 constant,
+    decoupled weight decay 0.02 * lr on kernels, EMA 0.999, batch 32 labeled + 96
+    unlabeled, 1,048,576 steps ("1,024 epochs" of 1,024 steps: MixMatch's epoch is 64k
+    images, not a pass over the data), evaluation every 16 epochs, reflect-padded
+    translation and horizontal flip (MixMatch's augmentation)."""
+    c = base_config()
+    c.dataset, c.model = dataset, "wrn28_2"
+    c.num_labels = label_count(num_labels)
+    c.num_validation = num_validation
+    c.labeled_batch_size, c.unlabeled_batch_size = 32, 96
+    c.optimizer, c.learning_rate, c.lr_schedule, c.weight_decay = "adam", 0.002, "constant", 0.02
+    c.pad_mode, c.flip = "reflect", True
+    c.num_train_steps = 1 << 20
+    c.eval_every_steps = 1 << 14
+    c.log_every_steps = 200
+    c.eval_batch_size = 512
+    set_baseline_recipes(c, steps_per_epoch=1024, num_train_images=train_size - num_validation,
+                         mixmatch_weight=mixmatch_weight)
     return c
 
 

@@ -9,7 +9,8 @@ from typing import Any, Callable, Iterable
 
 import ml_collections
 
-from meta_semi_jax.algorithms import ALGORITHMS
+from meta_semi_jax.algorithms import ALGORITHMS, META_ALGORITHMS
+from meta_semi_jax.algorithms.meta_semi import MIXUP_MODES, PSEUDO_LABELS
 from meta_semi_jax.augment import PAD_MODES
 from meta_semi_jax.data import DATASET_CHOICES, is_known_dataset
 from meta_semi_jax.meta import META_GRAD_METHODS
@@ -32,6 +33,21 @@ CHOICES: dict[str, Iterable[str]] = {
     "lr_schedule": LR_SCHEDULES,
     "parallel": PARALLEL_MODES,
     "unlabeled_placement": PLACEMENTS,
+    "pseudo_label": PSEUDO_LABELS,
+    "mixup": MIXUP_MODES,
+    "weights": ("meta", "ones", "sign"),
+}
+
+# Table 5's switches: their value for the full Meta-Semi, the only one other algorithms take.
+ABLATION_DEFAULTS: dict[str, str] = {"pseudo_label": "soft", "mixup": "both", "weights": "meta"}
+
+# field of config.<algorithm> -> (test, what it allows)
+ALGORITHM_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "alpha": (lambda v: v > 0, "a number > 0"),
+    "weight": (lambda v: v >= 0, "a number >= 0"),
+    "rampup_steps": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "temperature": (lambda v: v > 0, "a number > 0"),
+    "augmentations": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
 }
 
 # field -> (test, what the field allows)
@@ -75,6 +91,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     for field, (test, allowed) in RANGES.items():
         if not test(config[field]):
             raise _fail(config, field, f"it must be {allowed}")
+    check_algorithm_fields(config)
     if config.log_assumption_ratio and config.algorithm != "meta_semi":
         raise _fail(config, "log_assumption_ratio", "Assumption 1 is about L_meta: it needs "
                     "config.algorithm='meta_semi'")
@@ -82,6 +99,25 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         if config[field] % num_devices:
             raise _fail(config, field,
                         f"it must be a multiple of the number of devices ({num_devices})")
+
+
+def check_algorithm_fields(config: ml_collections.ConfigDict) -> None:
+    """The running algorithm's own values, and Table 5's switches only where they apply."""
+    own = config.get(config.algorithm)
+    if isinstance(own, ml_collections.ConfigDict):
+        for field, value in own.items():
+            test, allowed = ALGORITHM_RANGES[field]
+            if not test(value):
+                raise ConfigError(f"config.{config.algorithm}.{field}={value!r} is not "
+                                  f"allowed: it must be {allowed}")
+    if config.algorithm not in META_ALGORITHMS:
+        fixed = ABLATION_DEFAULTS
+    else:  # Learning to Reweight brings its own weights
+        fixed = {"weights": "meta"} if config.algorithm == "l2rw" else {}
+    for field, default in fixed.items():
+        if config[field] != default:
+            raise _fail(config, field, f"it is an ablation of Meta-Semi's reweighting; "
+                        f"config.algorithm={config.algorithm!r} takes only {default!r}")
 
 
 def check_processes(config: ml_collections.ConfigDict, num_processes: int) -> None:

@@ -159,17 +159,28 @@ def meta_weights(scores: jax.Array) -> jax.Array:
     return lax.stop_gradient((scores >= 0).astype(scores.dtype))
 
 
+def l2rw_weights(scores: jax.Array, axis_name: str | None = None) -> jax.Array:
+    """Learning to Reweight's rule on the same scores: ``max(s_j, 0)`` (the clipped
+    negative meta-gradient, up to alpha) normalised to sum 1 over the global batch;
+    all zero stays zero. Constants of the update, like Eq. (9)'s weights."""
+    clipped = jnp.maximum(scores, 0.0)
+    total = _psum_if(jnp.sum(clipped), axis_name)
+    return lax.stop_gradient(jnp.where(total > 0, clipped / jnp.where(total > 0, total, 1.0),
+                                       0.0))
+
+
 def weighted_loss(losses: jax.Array, weights: jax.Array,
                   axis_name: str | None = None) -> jax.Array:
-    """``L_meta = sum_j w_j L_j / sum_j w_j`` of Eq. (1), and 0 when every ``w_j`` is 0.
+    """``L_meta = sum_j w_j L_j / sum_j |w_j|`` of Eq. (1), and 0 when every ``w_j`` is 0.
 
-    The weights are held constant. The all-zero case returns exactly 0 with a zero,
-    finite gradient (the paper's convention below Eq. 1). With ``axis_name`` the
-    normaliser is the sum of the weights over all devices and each device returns
-    its share: the shares add up to Eq. (1) on the global batch, and so do their
-    gradients.
+    For Eq. (9)'s 0-1 weights the normaliser ``sum_j |w_j|`` is Eq. (1)'s ``sum_j w_j``;
+    for the signed weights of Table 5's +-1 ablation it is the batch size. The weights
+    are held constant. The all-zero case returns exactly 0 with a zero, finite gradient
+    (the paper's convention below Eq. 1). With ``axis_name`` the normaliser is summed
+    over all devices and each device returns its share: the shares add up to Eq. (1)
+    on the global batch, and so do their gradients.
     """
     weights = lax.stop_gradient(weights)
-    total = _psum_if(jnp.sum(weights), axis_name)
+    total = _psum_if(jnp.sum(jnp.abs(weights)), axis_name)
     safe_total = jnp.where(total > 0, total, jnp.ones_like(total))
     return jnp.sum(weights * losses) / safe_total

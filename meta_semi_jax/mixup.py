@@ -40,18 +40,20 @@ def mixup_with_shuffle(key: jax.Array, inputs: jax.Array, targets: jax.Array,
 
 def mixup_labeled_and_unlabeled(key: jax.Array, images: jax.Array, one_hot_labels: jax.Array,
                                 unlabeled_images: jax.Array, pseudo_labels: jax.Array,
-                                beta: float) -> tuple[Mixed, Mixed]:
+                                beta: float, *, mix_labeled: bool = True,
+                                mix_unlabeled: bool = True) -> tuple[Mixed, Mixed]:
     """Eqs. (12)-(13): ``X~ = MixUp(X, Shuffle(X), lam1)`` and
     ``U~ = MixUp(W, Shuffle(W), lam2)`` with ``W = Concat(X, U)``.
 
     ``X`` carries one-hot labels and ``U`` its soft pseudo labels; ``U~`` has
-    ``|X| + |U|`` examples.
+    ``|X| + |U|`` examples. ``mix_labeled=False`` / ``mix_unlabeled=False`` (Table 5's
+    ablations) set ``lam1`` / ``lam2`` to 1, so ``X~ = X`` / ``U~ = W`` exactly.
     """
     k_lam1, k_perm1, k_lam2, k_perm2 = jax.random.split(key, 4)
-    mixed_labeled = mixup_with_shuffle(
-        k_perm1, images, one_hot_labels, sample_mixup_lambda(k_lam1, beta))
+    lam1 = sample_mixup_lambda(k_lam1, beta) if mix_labeled else jnp.float32(1.0)
+    lam2 = sample_mixup_lambda(k_lam2, beta) if mix_unlabeled else jnp.float32(1.0)
+    mixed_labeled = mixup_with_shuffle(k_perm1, images, one_hot_labels, lam1)
     w_inputs = jnp.concatenate([images, unlabeled_images])
     w_targets = jnp.concatenate([one_hot_labels, pseudo_labels.astype(one_hot_labels.dtype)])
-    mixed_unlabeled = mixup_with_shuffle(
-        k_perm2, w_inputs, w_targets, sample_mixup_lambda(k_lam2, beta))
+    mixed_unlabeled = mixup_with_shuffle(k_perm2, w_inputs, w_targets, lam2)
     return mixed_labeled, mixed_unlabeled

@@ -45,14 +45,15 @@ ASSUMPTION_STREAM = 0x5EED  # separates the ratio's random batches from the trai
 
 
 def config_batch(data: DeviceData, key: jax.Array, step: jax.Array,
-                 config: ml_collections.ConfigDict) -> SSLBatch:
-    """This device's batch for ``step``, drawn and augmented as ``config`` says."""
+                 config: ml_collections.ConfigDict, unlabeled_views: int = 1) -> SSLBatch:
+    """This device's batch for ``step``, drawn and augmented as ``config`` says, with
+    ``unlabeled_views`` augmentations of each unlabeled image."""
     return sample_batch(data, key, step, labeled_batch_size=config.labeled_batch_size,
                         unlabeled_batch_size=config.unlabeled_batch_size,
                         translate=config.translate, flip=config.flip,
                         pad_mode=config.pad_mode,
                         unlabeled_sharded=config.unlabeled_placement == "sharded",
-                        axis_name=AXIS)
+                        unlabeled_views=unlabeled_views, axis_name=AXIS)
 
 
 def device_train_step(state: TrainState, data: DeviceData, key: jax.Array, *,
@@ -62,7 +63,7 @@ def device_train_step(state: TrainState, data: DeviceData, key: jax.Array, *,
     of the batch on the device, then ``train_step``. ``key`` is the run's key; the
     step's randomness is ``fold_in(key, step)``, so a resumed run repeats it."""
     k_data, k_step = jax.random.split(jax.random.fold_in(key, state.step))
-    batch = config_batch(data, k_data, state.step, config)
+    batch = config_batch(data, k_data, state.step, config, hparams.unlabeled_views)
     return train_step(state, batch, k_step, hparams, config.algorithm, axis_name=AXIS)
 
 

@@ -3,8 +3,9 @@
 ``train_and_evaluate(config, workdir)`` checks the config, loads and splits the data,
 puts it on the devices, and runs the jit-compiled data-parallel step. Evaluation
 protocol: the EMA model is evaluated on the validation split every
-``eval_every_steps``; the test split is evaluated for the final model and for the
-evaluation with the best validation accuracy, and never selects anything.
+``eval_every_steps``; the test split is evaluated at the same steps for the learning
+curves (``metrics.jsonl``) and reported for the final model and for the evaluation
+with the best validation accuracy; it never selects anything.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from absl import logging
 from jax import lax
 
 from meta_semi_jax import __version__, checkpoint, config_check, data as data_lib
-from meta_semi_jax.algorithms import HParams
+from meta_semi_jax.algorithms import TWO_VIEW_ALGORITHMS, HParams
 from meta_semi_jax.augment import normalize
 from meta_semi_jax.data.sampler import DeviceData
 from meta_semi_jax.logs import RunLog
@@ -37,8 +38,18 @@ from meta_semi_jax.step import device_assumption_ratio, device_train_step
 
 
 def hparams_from_config(config: ml_collections.ConfigDict, num_classes: int) -> HParams:
+    """The step's static hyper-parameters: Meta-Semi's fields, and the running
+    algorithm's own ``config.<algorithm>`` values where it has them."""
+    own = config.get(config.algorithm)
+    own = own.to_dict() if isinstance(own, ml_collections.ConfigDict) else {}
+    views = (2 if config.algorithm in TWO_VIEW_ALGORITHMS
+             else own.get("augmentations", 1))
     return HParams(num_classes=num_classes, beta=config.beta, meta_grad=config.meta_grad,
-                   teacher_bn_mode=config.teacher_bn_mode, ema_decay=config.ema_decay)
+                   teacher_bn_mode=config.teacher_bn_mode, ema_decay=config.ema_decay,
+                   pseudo_label=config.pseudo_label, mixup=config.mixup, weights=config.weights,
+                   alpha=own.get("alpha", 1.0), consistency_weight=own.get("weight", 0.0),
+                   rampup_steps=own.get("rampup_steps", 0),
+                   temperature=own.get("temperature", 0.5), unlabeled_views=views)
 
 
 def device_eval_counts(state: TrainState, images: jax.Array, labels: jax.Array,
@@ -384,11 +395,14 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
                 run_log.scalars(step, scalars, "train")
         if step % config.eval_every_steps == 0 or last:
             loop["val_accuracy"] = val_eval.accuracy(state)
+            # The test error is logged for the learning curves only; nothing selects on it.
+            record = {"step": step, "val_accuracy": loop["val_accuracy"],
+                      "test_accuracy": test_eval.accuracy(state),
+                      "wall_seconds": earlier_seconds + time.time() - start,
+                      **_host_metrics(metrics, dp)}
             if loop["val_accuracy"] > loop["best"]["val_accuracy"]:
                 loop["best"] = {"val_accuracy": loop["val_accuracy"], "step": step,
-                                "test_accuracy": test_eval.accuracy(state)}
-            record = {"step": step, "val_accuracy": loop["val_accuracy"],
-                      **_host_metrics(metrics, dp)}
+                                "test_accuracy": record["test_accuracy"]}
             if ratio_fn is not None:
                 record.update(_host_metrics(ratio_fn(state, device_data, run_key), dp))
             run_log.evaluation(record)

@@ -9,8 +9,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from meta_semi_jax.losses import soft_cross_entropy
+from meta_semi_jax.losses import soft_cross_entropy, softmax_mse
+from meta_semi_jax.mixup import Mixed, mixup_with_shuffle
 from meta_semi_jax.parallel import axis_size, gather_global, local_shard
+from meta_semi_jax.rampup import linear_rampup, sigmoid_rampup
 from meta_semi_jax.state import TrainState, model_variables
 
 
@@ -21,27 +23,56 @@ class SSLBatch:
     labeled_images ``[B_l, H, W, C]``, labels ``[B_l]`` int, unlabeled_images ``[B_u, H, W, C]``.
     ``hidden_labels`` ``[B_u]`` (optional; -1 where unknown) are the true classes of the
     unlabeled images: they only feed diagnostics (pseudo-label accuracy), never a loss.
+    ``extra_unlabeled_views`` ``[V - 1, B_u, H, W, C]`` (optional) are further random
+    augmentations of the same unlabeled images, for algorithms that compare views.
     """
     labeled_images: jax.Array
     labels: jax.Array
     unlabeled_images: jax.Array
     hidden_labels: jax.Array | None = None
+    extra_unlabeled_views: jax.Array | None = None
+
+    def unlabeled_views(self) -> jax.Array:
+        """All augmented views of the unlabeled images, ``[V, B_u, H, W, C]``."""
+        first = self.unlabeled_images[None]
+        if self.extra_unlabeled_views is None:
+            return first
+        return jnp.concatenate([first, self.extra_unlabeled_views])
 
 
 @dataclasses.dataclass(frozen=True)
 class HParams:
     """Static hyper-parameters of a step (hashable, so they can be jit-static).
 
-    beta: Beta(beta, beta) of MixUp (Eqs. 12-13). meta_grad: how the meta scores are
-    computed (``meta.META_GRAD_METHODS``). teacher_bn_mode: ``"train"`` normalises the
-    EMA teacher with the unlabeled batch's statistics when it makes pseudo labels (ICT's
-    code does this), ``"eval"`` with its running averages. ema_decay: maximum EMA decay.
+    Meta-Semi: beta: Beta(beta, beta) of MixUp (Eqs. 12-13). meta_grad: how the meta
+    scores are computed (``meta.META_GRAD_METHODS``). teacher_bn_mode: ``"train"``
+    normalises the EMA teacher with the unlabeled batch's statistics when it makes
+    pseudo labels (ICT's code does this), ``"eval"`` with its running averages.
+    ema_decay: maximum EMA decay (0 turns the EMA off: the teacher is the model).
+    The Table 5 ablations: pseudo_label ``soft`` | ``one_hot``; mixup ``both`` |
+    ``unlabeled`` | ``labeled`` | ``none`` (which of Eqs. 12, 13 mix); weights ``meta``
+    (Eq. 9) | ``ones`` | ``sign`` (+-1) | ``l2rw`` (Learning to Reweight's rule).
+
+    The baselines' own hyper-parameters (each module's docstring says which it reads):
+    alpha: their MixUp's Beta(alpha, alpha); consistency_weight: the maximum weight of
+    their unlabeled loss (w of Eq. 14 for ``meta_semi_ict``); rampup_steps: steps of
+    its ramp-up; temperature: MixMatch's sharpening T; unlabeled_views: augmented
+    views of each unlabeled image the algorithm needs (Pi-model, Mean Teacher: 2;
+    MixMatch: K).
     """
     num_classes: int
     beta: float = 1.0
     meta_grad: str = "jvp"
     teacher_bn_mode: str = "train"
     ema_decay: float = 0.999
+    pseudo_label: str = "soft"
+    mixup: str = "both"
+    weights: str = "meta"
+    alpha: float = 1.0
+    consistency_weight: float = 0.0
+    rampup_steps: int = 0
+    temperature: float = 0.5
+    unlabeled_views: int = 1
 
 
 class Gradients(NamedTuple):
@@ -63,11 +94,49 @@ def psum_if(tree: Any, axis_name: str | None) -> Any:
     return tree if axis_name is None else lax.psum(tree, axis_name)
 
 
-def forward_train(state: TrainState, params: Any, inputs: jax.Array) -> tuple[jax.Array, Any]:
-    """Logits in train mode (batch statistics) and the updated BatchNorm statistics."""
-    logits, updates = state.apply_fn(model_variables(params, state.batch_stats), inputs,
+def forward_train(state: TrainState, params: Any, inputs: jax.Array,
+                  batch_stats: Any = None) -> tuple[jax.Array, Any]:
+    """Logits in train mode (batch statistics) and the updated BatchNorm statistics.
+
+    The running statistics start from ``batch_stats`` (default: the state's), so an
+    algorithm with several forward passes per step updates them once per pass, in order.
+    """
+    stats = state.batch_stats if batch_stats is None else batch_stats
+    logits, updates = state.apply_fn(model_variables(params, stats), inputs,
                                      train=True, mutable=["batch_stats"])
-    return logits, updates.get("batch_stats", state.batch_stats)
+    return logits, updates.get("batch_stats", stats)
+
+
+def global_mean(values: jax.Array, axis_name: str | None) -> jax.Array:
+    """This device's share of the mean of ``values`` over the global batch: the shares
+    (and their gradients) add up over the devices to the global mean's."""
+    return jnp.sum(values) / (values.shape[0] * axis_size(axis_name))
+
+
+def mix_global(key: jax.Array, inputs: jax.Array, targets: jax.Array, lam: jax.Array,
+               axis_name: str | None) -> Mixed:
+    """This device's share of ``MixUp(B, Shuffle(B), lam)`` over the global batch ``B``:
+    partners are drawn among all devices' examples (``key`` equal on every device), so
+    the result does not depend on the device count."""
+    global_inputs, global_targets = gather_global((inputs, targets), axis_name)
+    return local_shard(mixup_with_shuffle(key, global_inputs, global_targets, lam), axis_name)
+
+
+def unlabeled_loss_weight(state: TrainState, hparams: HParams, ramp: str) -> jax.Array:
+    """``consistency_weight`` times its ramp-up (``"sigmoid"`` or ``"linear"``) at this step."""
+    shape = sigmoid_rampup if ramp == "sigmoid" else linear_rampup
+    return hparams.consistency_weight * shape(state.step, hparams.rampup_steps)
+
+
+def gradients_of(objective: Callable[[Any], tuple[jax.Array, Any]], state: TrainState,
+                 metrics: Callable[[Any], dict[str, jax.Array]],
+                 axis_name: str | None) -> Gradients:
+    """Global gradients of ``objective(params) -> (device share of the loss, (batch_stats,
+    aux))``; ``metrics(aux)`` adds scalars to the global ``loss``."""
+    (loss, (batch_stats, aux)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params)
+    return Gradients(psum_if(grads, axis_name), pmean_if(batch_stats, axis_name),
+                     {"loss": psum_if(loss, axis_name), **metrics(aux)})
 
 
 def per_example_loss_fn(state: TrainState) -> Callable[[Any, tuple[jax.Array, jax.Array]], jax.Array]:
@@ -125,3 +194,41 @@ def pseudo_labels(state: TrainState, images: jax.Array, teacher_bn_mode: str) ->
     # At least float32, so that low-precision logits give well-formed probabilities.
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     return lax.stop_gradient(jax.nn.softmax(logits))
+
+
+# (params, batch_stats) -> (targets of the unlabeled predictions, batch_stats)
+ConsistencyTargets = Callable[[Any, Any], tuple[jax.Array, Any]]
+
+
+def labeled_and_consistency_gradients(state: TrainState, labeled_images: jax.Array,
+                                      labeled_targets: jax.Array,
+                                      unlabeled_images: jax.Array,
+                                      consistency_targets: ConsistencyTargets,
+                                      weight: jax.Array,
+                                      axis_name: str | None) -> Gradients:
+    """Gradients of ``mean CE(f(x), y) + weight * mean softmax_mse(f(u), t)``, the loss
+    shape of the Pi-model, Mean Teacher and MixMatch.
+
+    One forward pass over ``Concat(labeled, unlabeled)`` (BatchNorm sees both, as in
+    those methods' codes); ``consistency_targets`` then gives ``t`` (it may run further
+    forward passes, continuing the BatchNorm statistics). Both means are over the global
+    batch. Metrics: ``labeled_loss``, ``consistency_loss`` and ``consistency_weight``.
+    """
+    num_labeled = labeled_images.shape[0]
+
+    def objective(params: Any):
+        logits, batch_stats = forward_train(
+            state, params, jnp.concatenate([labeled_images, unlabeled_images]))
+        supervised = global_mean(soft_cross_entropy(logits[:num_labeled], labeled_targets),
+                                 axis_name)
+        targets, batch_stats = consistency_targets(params, batch_stats)
+        consistency = global_mean(softmax_mse(logits[num_labeled:], targets), axis_name)
+        return supervised + weight * consistency, (batch_stats, (supervised, consistency))
+
+    def metrics(aux):
+        supervised, consistency = aux
+        return {"labeled_loss": psum_if(supervised, axis_name),
+                "consistency_loss": psum_if(consistency, axis_name),
+                "consistency_weight": weight}
+
+    return gradients_of(objective, state, metrics, axis_name)

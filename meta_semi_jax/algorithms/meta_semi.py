@@ -5,23 +5,56 @@
 3. Meta scores ``s_j`` of every example of U~ against the labeled gradient (Eq. 10).
 4. 0-1 weights ``w_j = [s_j >= 0]`` (Eq. 9).
 5. Gradient of ``L_meta = sum_j w_j L_j / sum_j w_j`` (Eq. 1) with the weights held fixed.
+
+Table 5's ablations are ``HParams`` switches, each changing only what it names:
+``ema_decay=0`` (no parameter EMA: the pseudo labels, and the evaluated model, are the
+model's own), ``pseudo_label='one_hot'`` (argmax of step 1), ``mixup`` in ``unlabeled``
+/ ``labeled`` / ``none`` (which of the two MixUps of step 2 happen), ``weights`` in
+``ones`` / ``sign`` (step 4 gives 1 / +-1 instead of Eq. 9). ``weights='l2rw'`` is the
+Learning to Reweight baseline (``l2rw.py``).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, forward_train,
-                                             per_example_loss_fn, pmean_if, psum_if,
+                                             gradients_of, per_example_loss_fn, pmean_if,
                                              pseudo_label_diagnostics, pseudo_labels)
 from meta_semi_jax.losses import soft_cross_entropy
-from meta_semi_jax.meta import labeled_gradient, meta_scores, meta_weights, weighted_loss
+from meta_semi_jax.meta import (l2rw_weights, labeled_gradient, meta_scores, meta_weights,
+                                weighted_loss)
 from meta_semi_jax.mixup import Mixed, mixup_labeled_and_unlabeled
 from meta_semi_jax.parallel import gather_global, local_shard
 from meta_semi_jax.state import TrainState
+
+PSEUDO_LABELS: tuple[str, ...] = ("soft", "one_hot")
+MIXUP_MODES: tuple[str, ...] = ("both", "unlabeled", "labeled", "none")
+
+# rule(scores, axis_name) -> weights of U~'s examples (constants of the update)
+WEIGHT_RULES: dict[str, Callable[[jax.Array, str | None], jax.Array]] = {
+    "meta": lambda scores, axis_name: meta_weights(scores),
+    "ones": lambda scores, axis_name: jnp.ones_like(scores),
+    "sign": lambda scores, axis_name: jnp.where(scores >= 0, 1.0, -1.0).astype(scores.dtype),
+    "l2rw": l2rw_weights,
+}
+
+# A term added to L_meta (Eq. 14):
+# (params, batch_stats, key, pseudo labels of U) -> (device share, batch_stats).
+ExtraLoss = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
+
+
+def pseudo_targets(state: TrainState, images: jax.Array, hparams: HParams) -> jax.Array:
+    """The targets of U: the EMA model's soft predictions (Sec. 3.3), or their argmax
+    as one-hot vectors (``pseudo_label='one_hot'``)."""
+    soft = pseudo_labels(state, images, hparams.teacher_bn_mode)
+    if hparams.pseudo_label == "one_hot":
+        return jax.nn.one_hot(jnp.argmax(soft, -1), soft.shape[-1], dtype=soft.dtype)
+    return soft
 
 
 def mixed_batches(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
@@ -32,11 +65,12 @@ def mixed_batches(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: H
     many devices share it; each device then keeps its slice of X~ and U~.
     """
     one_hot = jax.nn.one_hot(batch.labels, hparams.num_classes)
-    targets_u = pseudo_labels(state, batch.unlabeled_images, hparams.teacher_bn_mode)
+    targets_u = pseudo_targets(state, batch.unlabeled_images, hparams)
     global_inputs = gather_global(
         (batch.labeled_images, one_hot, batch.unlabeled_images, targets_u), axis_name)
-    mixed_x, mixed_u = local_shard(
-        mixup_labeled_and_unlabeled(key, *global_inputs, hparams.beta), axis_name)
+    mixed_x, mixed_u = local_shard(mixup_labeled_and_unlabeled(
+        key, *global_inputs, hparams.beta, mix_labeled=hparams.mixup in ("both", "labeled"),
+        mix_unlabeled=hparams.mixup in ("both", "unlabeled")), axis_name)
     return mixed_x, mixed_u, targets_u
 
 
@@ -52,33 +86,40 @@ def assumption_terms(state: TrainState, batch: SSLBatch, key: jax.Array, hparams
 
 
 def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
-              axis_name: str | None = None) -> Gradients:
-    """Global gradient of Eq. (1) for one Meta-Semi step, and its diagnostics.
+              axis_name: str | None = None, extra_loss: ExtraLoss | None = None) -> Gradients:
+    """Global gradient of Eq. (1) (plus ``extra_loss``, Eq. 14) for one Meta-Semi step.
 
     ``key`` must be the same on every device of ``axis_name``.
 
-    Metrics: ``loss`` (Eq. 1 on the global batch), ``selected`` (mean of w, the share
-    of U~ used), ``labeled_loss`` (mean loss on X~), ``mean_score``, and with
+    Metrics: ``loss`` (the global objective), ``selected`` (share of U~ with a positive
+    weight), ``labeled_loss`` (mean loss on X~), ``mean_score``, and with
     ``batch.hidden_labels`` the pseudo-label accuracies of ``pseudo_label_diagnostics``.
     """
     mixed_x, mixed_u, targets_u = mixed_batches(state, batch, key, hparams, axis_name)
     loss_fn = per_example_loss_fn(state)
     scores = meta_scores(loss_fn, state.params, tuple(mixed_x), tuple(mixed_u),
                          hparams.meta_grad, axis_name=axis_name)
-    weights = meta_weights(scores)
+    weights = WEIGHT_RULES[hparams.weights](scores, axis_name)
 
     def objective(params):
         logits, batch_stats = forward_train(state, params, mixed_u.inputs)
-        return weighted_loss(soft_cross_entropy(logits, mixed_u.targets), weights,
-                             axis_name), batch_stats
+        loss = weighted_loss(soft_cross_entropy(logits, mixed_u.targets), weights, axis_name)
+        if extra_loss is not None:
+            extra, batch_stats = extra_loss(params, batch_stats, jax.random.fold_in(key, 1),
+                                             targets_u)
+            loss = loss + extra
+        return loss, (batch_stats, None)
 
-    (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    labeled_loss = jnp.mean(loss_fn(state.params, tuple(mixed_x)))
-    metrics = {"loss": psum_if(loss, axis_name),
-               "selected": pmean_if(jnp.mean(weights), axis_name),
-               "labeled_loss": pmean_if(labeled_loss, axis_name),
-               "mean_score": pmean_if(jnp.mean(scores), axis_name)}
-    if batch.hidden_labels is not None:
-        metrics.update(pseudo_label_diagnostics(targets_u, batch.hidden_labels,
-                                                batch.labels.shape[0], weights, axis_name))
-    return Gradients(psum_if(grads, axis_name), pmean_if(batch_stats, axis_name), metrics)
+    def metrics(_):
+        selected = (weights > 0).astype(jnp.float32)
+        labeled_loss = jnp.mean(loss_fn(state.params, tuple(mixed_x)))
+        values = {"selected": pmean_if(jnp.mean(selected), axis_name),
+                  "labeled_loss": pmean_if(labeled_loss, axis_name),
+                  "mean_score": pmean_if(jnp.mean(scores), axis_name)}
+        if batch.hidden_labels is not None:
+            values.update(pseudo_label_diagnostics(
+                lax.stop_gradient(targets_u), batch.hidden_labels, batch.labels.shape[0],
+                selected, axis_name))
+        return values
+
+    return gradients_of(objective, state, metrics, axis_name)

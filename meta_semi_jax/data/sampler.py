@@ -59,11 +59,14 @@ def epoch_shuffled_indices(key: jax.Array, step: jax.Array, batch_size: int,
 def sample_batch(data: DeviceData, key: jax.Array, step: jax.Array, *,
                  labeled_batch_size: int, unlabeled_batch_size: int, translate: int,
                  flip: bool, pad_mode: str = "zero", unlabeled_sharded: bool = False,
-                 axis_name: str | None = None) -> SSLBatch:
+                 unlabeled_views: int = 1, axis_name: str | None = None) -> SSLBatch:
     """This device's share of the step's global batch, normalised and augmented.
 
     Batch sizes are global; each device takes ``size / num_devices`` examples. With
     ``unlabeled_sharded`` ``data.unlabeled_images`` is this device's shard of the pool.
+    ``unlabeled_views > 1`` adds further independent augmentations of the same
+    unlabeled images (``SSLBatch.extra_unlabeled_views``); the first view is the same
+    for any number of views.
     """
     k_lab, k_unl, k_aug_lab, k_aug_unl = jax.random.split(key, 4)
     lab_idx = local_shard(epoch_shuffled_indices(
@@ -82,8 +85,13 @@ def sample_batch(data: DeviceData, key: jax.Array, step: jax.Array, *,
         return augment(keys, normalize(images, data.mean, data.std), translate=translate,
                        flip=flip, pad_mode=pad_mode)
 
+    unlabeled = data.unlabeled_images[unl_idx]
+    extra_views = None
+    if unlabeled_views > 1:
+        extra_views = jnp.stack([prepare(unlabeled, jax.random.fold_in(k_aug_unl, view))
+                                 for view in range(1, unlabeled_views)])
     hidden = None if data.unlabeled_labels is None else data.unlabeled_labels[unl_idx]
     return SSLBatch(labeled_images=prepare(data.labeled_images[lab_idx], k_aug_lab),
                     labels=data.labeled_labels[lab_idx],
-                    unlabeled_images=prepare(data.unlabeled_images[unl_idx], k_aug_unl),
-                    hidden_labels=hidden)
+                    unlabeled_images=prepare(unlabeled, k_aug_unl),
+                    hidden_labels=hidden, extra_unlabeled_views=extra_views)

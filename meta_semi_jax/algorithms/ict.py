@@ -1,0 +1,63 @@
+"""Interpolation Consistency Training (Verma et al., 2019), the paper's reference for CNN-13.
+
+Loss: ``mean CE(f(MixUp(X)), MixUp(y)) + w(t) * mean softmax_mse(f(Mix_lam(u_j, u_k)),
+Mix_lam(f_ema(u_j), f_ema(u_k)))`` with ``lam ~ Beta(alpha, alpha)`` per batch and
+partners by one random permutation of the (global) batch; the supervised term mixes
+too (ICT's code, ``mixup_sup_alpha``). Recipe (ICT's published CNN-13 commands): alpha
+1.0 on CIFAR and 0.1 on SVHN for both MixUps, ``w_max = 100`` with a sigmoid ramp-up
+over the first quarter of training (``config.ict.alpha`` / ``.weight`` /
+``.rampup_steps``); the targets come from the EMA teacher in ``teacher_bn_mode``
+(ICT: train mode). ``consistency_term`` is also Meta-Semi + ICT's Eq. (14) term.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, forward_train,
+                                             global_mean, gradients_of, mix_global, psum_if,
+                                             pseudo_labels, unlabeled_loss_weight)
+from meta_semi_jax.losses import soft_cross_entropy, softmax_mse
+from meta_semi_jax.mixup import sample_mixup_lambda
+from meta_semi_jax.state import TrainState
+
+
+def consistency_term(state: TrainState, unlabeled_images: jax.Array, hparams: HParams,
+                     axis_name: str | None):
+    """ICT's weighted interpolation-consistency loss as a function
+    ``(params, batch_stats, key, teacher_probs) -> (device share, batch_stats)``: the
+    student on ``Mix_lam(u_j, u_k)`` against ``Mix_lam`` of the teacher's
+    probabilities, weighted by ``w(t) = consistency_weight * sigmoid ramp-up``."""
+    weight = unlabeled_loss_weight(state, hparams, "sigmoid")
+
+    def term(params: Any, batch_stats: Any, key: jax.Array,
+             teacher_probs: jax.Array) -> tuple[jax.Array, Any]:
+        k_lam, k_perm = jax.random.split(key)
+        mixed = mix_global(k_perm, unlabeled_images, jax.lax.stop_gradient(teacher_probs),
+                           sample_mixup_lambda(k_lam, hparams.alpha), axis_name)
+        logits, batch_stats = forward_train(state, params, mixed.inputs, batch_stats)
+        return weight * global_mean(softmax_mse(logits, mixed.targets), axis_name), batch_stats
+
+    return term
+
+
+def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
+              axis_name: str | None = None) -> Gradients:
+    """Global gradients of ICT's loss for one batch (``key`` equal on every device)."""
+    k_lam, k_perm, k_consistency = jax.random.split(key, 3)
+    mixed_x = mix_global(k_perm, batch.labeled_images,
+                         jax.nn.one_hot(batch.labels, hparams.num_classes),
+                         sample_mixup_lambda(k_lam, hparams.alpha), axis_name)
+    teacher = pseudo_labels(state, batch.unlabeled_images, hparams.teacher_bn_mode)
+    consistency = consistency_term(state, batch.unlabeled_images, hparams, axis_name)
+
+    def objective(params: Any):
+        logits, batch_stats = forward_train(state, params, mixed_x.inputs)
+        supervised = global_mean(soft_cross_entropy(logits, mixed_x.targets), axis_name)
+        weighted, batch_stats = consistency(params, batch_stats, k_consistency, teacher)
+        return supervised + weighted, (batch_stats, supervised)
+
+    return gradients_of(objective, state, lambda supervised: {
+        "labeled_loss": psum_if(supervised, axis_name),
+        "consistency_weight": unlabeled_loss_weight(state, hparams, "sigmoid")}, axis_name)

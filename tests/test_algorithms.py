@@ -1,0 +1,206 @@
+"""Each algorithm's loss and gradients on a tiny problem against its formula written out.
+
+The model is linear (no BatchNorm), so train and eval mode agree and each reference
+below is the algorithm's published loss typed in directly, with the random draws
+(MixUp's lambda and partners) taken from the same keys the algorithm documents.
+Meta-Semi-type references get their weights from the literal unrolled meta-gradient.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from meta_semi_jax import unrolled_meta_gradient
+from meta_semi_jax.algorithms import ALGORITHMS, HParams, SSLBatch
+from meta_semi_jax.rampup import linear_rampup, sigmoid_rampup
+from meta_semi_jax.state import create_train_state
+
+C = 3          # classes
+N_L, N_U = 4, 6
+
+
+class Linear(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        del train
+        return nn.Dense(C)(x.reshape((x.shape[0], -1)))
+
+
+def f(params, x):
+    return x.reshape((x.shape[0], -1)) @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"]
+
+
+def ce(logits, targets):
+    return -jnp.sum(targets * jax.nn.log_softmax(logits), -1)
+
+
+def mse(logits, targets):
+    return jnp.mean((jax.nn.softmax(logits) - targets) ** 2, -1)
+
+
+def mix(key_lam, key_perm, alpha, x, y, max_lam=False):
+    lam = jax.random.beta(key_lam, alpha, alpha)
+    if max_lam:
+        lam = jnp.maximum(lam, 1 - lam)
+    perm = jax.random.permutation(key_perm, x.shape[0])
+    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+
+
+@pytest.fixture(scope="module")
+def problem():
+    keys = jax.random.split(jax.random.PRNGKey(0), 6)
+    state = create_train_state(Linear(), optax.sgd(0.1), keys[0], jnp.zeros((1, 2, 2, 1)))
+    ema = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(keys[1], p.shape), state.params)
+    state = state.replace(ema_params=ema, step=jnp.asarray(5, jnp.int32))
+    batch = SSLBatch(labeled_images=jax.random.normal(keys[2], (N_L, 2, 2, 1)),
+                     labels=jnp.array([0, 1, 2, 1]),
+                     unlabeled_images=jax.random.normal(keys[3], (N_U, 2, 2, 1)),
+                     extra_unlabeled_views=jax.random.normal(keys[4], (1, N_U, 2, 2, 1)))
+    return state, batch, jax.random.PRNGKey(7)
+
+
+def check(algorithm, hparams, problem, reference):
+    state, batch, key = problem
+    result = ALGORITHMS[algorithm](state, batch, key, hparams, None)
+    expected, expected_grads = jax.value_and_grad(reference)(state.params)
+    np.testing.assert_allclose(result.metrics["loss"], expected, rtol=1e-5, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(result.grads), jax.tree.leaves(expected_grads)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    return result
+
+
+def test_rampups():
+    assert float(sigmoid_rampup(5, 10)) == pytest.approx(np.exp(-5 * 0.25))
+    assert float(sigmoid_rampup(20, 10)) == 1.0 and float(sigmoid_rampup(3, 0)) == 1.0
+    assert float(linear_rampup(5, 10)) == pytest.approx(0.5)
+    assert float(linear_rampup(20, 10)) == 1.0
+
+
+def test_supervised(problem):
+    _, batch, _ = problem
+    y = jax.nn.one_hot(batch.labels, C)
+    check("supervised", HParams(num_classes=C), problem,
+          lambda p: jnp.mean(ce(f(p, batch.labeled_images), y)))
+
+
+def test_supervised_mixup(problem):
+    _, batch, key = problem
+    k_lam, k_perm = jax.random.split(key)
+    x, y = mix(k_lam, k_perm, 0.7, batch.labeled_images, jax.nn.one_hot(batch.labels, C))
+    check("supervised_mixup", HParams(num_classes=C, alpha=0.7), problem,
+          lambda p: jnp.mean(ce(f(p, x), y)))
+
+
+def test_pi_model(problem):
+    state, batch, _ = problem
+    hp = HParams(num_classes=C, consistency_weight=4.0, rampup_steps=10, unlabeled_views=2)
+    w = 4.0 * np.exp(-5 * 0.25)  # step 5 of a 10-step sigmoid ramp-up
+    y = jax.nn.one_hot(batch.labels, C)
+    u1, u2 = batch.unlabeled_images, batch.extra_unlabeled_views[0]
+    check("pi_model", hp, problem, lambda p: jnp.mean(ce(f(p, batch.labeled_images), y))
+          + w * jnp.mean(mse(f(p, u1), jax.nn.softmax(f(p, u2)))))  # gradient through both
+
+
+def test_mean_teacher(problem):
+    state, batch, _ = problem
+    hp = HParams(num_classes=C, consistency_weight=100.0, rampup_steps=0, unlabeled_views=2)
+    y = jax.nn.one_hot(batch.labels, C)
+    teacher = jax.nn.softmax(f(state.ema_params, batch.extra_unlabeled_views[0]))
+    check("mean_teacher", hp, problem, lambda p: jnp.mean(ce(f(p, batch.labeled_images), y))
+          + 100.0 * jnp.mean(mse(f(p, batch.unlabeled_images), teacher)))
+
+
+def ict_reference_term(state, batch, key, alpha, weight):
+    k_lam, k_perm = jax.random.split(key)
+    teacher = jax.nn.softmax(f(state.ema_params, batch.unlabeled_images))
+    u, t = mix(k_lam, k_perm, alpha, batch.unlabeled_images, teacher)
+    return lambda p: weight * jnp.mean(mse(f(p, u), t))
+
+
+def test_ict(problem):
+    state, batch, key = problem
+    hp = HParams(num_classes=C, alpha=0.5, consistency_weight=10.0, rampup_steps=0)
+    k_lam, k_perm, k_cons = jax.random.split(key, 3)
+    x, y = mix(k_lam, k_perm, 0.5, batch.labeled_images, jax.nn.one_hot(batch.labels, C))
+    consistency = ict_reference_term(state, batch, k_cons, 0.5, 10.0)
+    check("ict", hp, problem, lambda p: jnp.mean(ce(f(p, x), y)) + consistency(p))
+
+
+def test_mixmatch(problem):
+    state, batch, key = problem
+    hp = HParams(num_classes=C, alpha=0.75, consistency_weight=75.0, rampup_steps=10,
+                 temperature=0.5, unlabeled_views=2)
+    views = jnp.stack([batch.unlabeled_images, batch.extra_unlabeled_views[0]])
+    p_mean = (jax.nn.softmax(f(state.params, views[0]))
+              + jax.nn.softmax(f(state.params, views[1]))) / 2
+    q = p_mean ** 2 / jnp.sum(p_mean ** 2, -1, keepdims=True)  # T = 0.5
+    inputs = jnp.concatenate([batch.labeled_images, views[0], views[1]])
+    targets = jnp.concatenate([jax.nn.one_hot(batch.labels, C), q, q])
+    k_lam, k_perm = jax.random.split(key)
+    x, y = mix(k_lam, k_perm, 0.75, inputs, targets, max_lam=True)
+    lambda_u = 75.0 * 0.5  # step 5 of a 10-step linear ramp-up
+    check("mixmatch", hp, problem, lambda p: jnp.mean(ce(f(p, x[:N_L]), y[:N_L]))
+          + lambda_u * jnp.mean(mse(f(p, x[N_L:]), y[N_L:])))
+
+
+def meta_semi_reference(state, batch, key, beta, rule):
+    """Algorithm 1 lines 4-12 typed in: MixUp of Eqs. 12-13, the literal unrolled
+    meta-gradient (alpha = 1), the weights by ``rule``, and L_meta."""
+    k_lam1, k_perm1, k_lam2, k_perm2 = jax.random.split(key, 4)
+    pseudo = jax.nn.softmax(f(state.ema_params, batch.unlabeled_images))
+    one_hot = jax.nn.one_hot(batch.labels, C)
+    x, y = mix(k_lam1, k_perm1, beta, batch.labeled_images, one_hot)
+    u, t = mix(k_lam2, k_perm2, beta, jnp.concatenate([batch.labeled_images,
+                                                       batch.unlabeled_images]),
+               jnp.concatenate([one_hot, pseudo]))
+    loss_fn = lambda p, b: ce(f(p, b[0]), b[1])
+    scores = -unrolled_meta_gradient(loss_fn, state.params, (x, y), (u, t))
+    weights = rule(scores)
+    return lambda p: jnp.sum(weights * ce(f(p, u), t)) / jnp.sum(jnp.abs(weights)), weights
+
+
+@pytest.mark.parametrize("weights,rule", [
+    ("meta", lambda s: (s >= 0).astype(s.dtype)),
+    ("ones", jnp.ones_like),
+    ("sign", lambda s: jnp.where(s >= 0, 1.0, -1.0)),
+])
+def test_meta_semi_and_its_weight_ablations(problem, weights, rule):
+    state, batch, key = problem
+    reference, expected_w = meta_semi_reference(state, batch, key, 0.5, rule)
+    result = check("meta_semi", HParams(num_classes=C, beta=0.5, weights=weights), problem,
+                   reference)
+    assert float(result.metrics["selected"]) == pytest.approx(float(jnp.mean(expected_w > 0)))
+
+
+def test_l2rw(problem):
+    state, batch, key = problem
+    rule = lambda s: jnp.maximum(s, 0) / jnp.sum(jnp.maximum(s, 0))
+    reference, weights = meta_semi_reference(state, batch, key, 0.5, rule)
+    assert float(jnp.sum(weights)) == pytest.approx(1.0)
+    check("l2rw", HParams(num_classes=C, beta=0.5), problem, reference)
+
+
+def test_meta_semi_ict(problem):
+    state, batch, key = problem
+    hp = HParams(num_classes=C, beta=0.5, alpha=0.3, consistency_weight=5.0, rampup_steps=0)
+    meta, _ = meta_semi_reference(state, batch, key, 0.5, lambda s: (s >= 0).astype(s.dtype))
+    consistency = ict_reference_term(state, batch, jax.random.fold_in(key, 1), 0.3, 5.0)
+    check("meta_semi_ict", hp, problem, lambda p: meta(p) + consistency(p))
+
+
+def test_l2rw_weights_all_zero_stay_zero():
+    from meta_semi_jax.meta import l2rw_weights
+    np.testing.assert_array_equal(l2rw_weights(jnp.array([-1.0, -2.0])), [0.0, 0.0])
+    np.testing.assert_allclose(l2rw_weights(jnp.array([3.0, -2.0, 1.0])), [0.75, 0.0, 0.25])
+
+
+def test_every_algorithm_is_tested():
+    tested = {"supervised", "supervised_mixup", "pi_model", "mean_teacher", "ict", "mixmatch",
+              "meta_semi", "l2rw", "meta_semi_ict"}
+    assert set(ALGORITHMS) == tested
