@@ -7,7 +7,6 @@ Meta-Semi-type references get their weights from the literal unrolled meta-gradi
 """
 from __future__ import annotations
 
-import dataclasses
 
 import flax.linen as nn
 import jax
@@ -140,8 +139,10 @@ def test_mixmatch(problem):
     p_mean = (jax.nn.softmax(f(state.params, views[0]))
               + jax.nn.softmax(f(state.params, views[1]))) / 2
     q = p_mean ** 2 / jnp.sum(p_mean ** 2, -1, keepdims=True)  # T = 0.5
-    inputs = jnp.concatenate([batch.labeled_images, views[0], views[1]])
-    targets = jnp.concatenate([jax.nn.one_hot(batch.labels, C), q, q])
+    # Unlabeled examples in example-major order: u_1 view 1, u_1 view 2, u_2 view 1, ...
+    by_example = jnp.stack([views[0], views[1]], axis=1).reshape((2 * N_U,) + views.shape[2:])
+    inputs = jnp.concatenate([batch.labeled_images, by_example])
+    targets = jnp.concatenate([jax.nn.one_hot(batch.labels, C), jnp.repeat(q, 2, axis=0)])
     k_lam, k_perm = jax.random.split(key)
     x, y = mix(k_lam, k_perm, 0.75, inputs, targets, max_lam=True)
     lambda_u = 75.0 * 0.5  # step 5 of a 10-step linear ramp-up

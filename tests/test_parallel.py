@@ -16,7 +16,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from meta_semi_jax import HParams, create_train_state, meta_scores, meta_weights
+from meta_semi_jax import ALGORITHMS, HParams, create_train_state, meta_scores, meta_weights
 from meta_semi_jax.config_base import base_config
 from meta_semi_jax.data.sampler import DeviceData
 from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
@@ -42,7 +42,7 @@ def float64():
         yield
 
 
-def make_run(meta_grad: str = "jvp"):
+def make_run(meta_grad: str = "jvp", algorithm: str = "meta_semi"):
     rng = np.random.default_rng(0)
     data = DeviceData(
         labeled_images=rng.integers(0, 17, (12, 8, 8, 1), dtype=np.uint8),
@@ -52,17 +52,22 @@ def make_run(meta_grad: str = "jvp"):
     config = base_config()
     config.labeled_batch_size, config.unlabeled_batch_size = 8, 16
     config.translate, config.flip = 1, True
-    config.meta_grad = meta_grad
-    hparams = HParams(num_classes=3, beta=0.75, meta_grad=meta_grad)
+    config.meta_grad, config.algorithm = meta_grad, algorithm
+    hparams = HParams(num_classes=3, beta=0.75, meta_grad=meta_grad, consistency_weight=10.0,
+                      unlabeled_views=1 if algorithm in ONE_VIEW else 2)
     state = create_train_state(TinyConvNet(), optax.sgd(0.1, momentum=0.9),
                                jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)))
     step = functools.partial(device_train_step, config=config, hparams=hparams)
     return state, data, step
 
 
+ONE_VIEW = ("meta_semi", "meta_semi_ict", "l2rw", "ict", "supervised", "supervised_mixup")
+
+
 @functools.lru_cache(maxsize=None)  # each configuration is compiled and run once
-def run_steps(mode: str, num_devices: int, num_steps: int = 3, meta_grad: str = "jvp"):
-    state, data, step = make_run(meta_grad)
+def run_steps(mode: str, num_devices: int, num_steps: int = 3, meta_grad: str = "jvp",
+              algorithm: str = "meta_semi"):
+    state, data, step = make_run(meta_grad, algorithm)
     dp = DataParallel(mode, make_mesh(jax.devices()[:num_devices]))
     fn = dp.run(step, ("replicated",) * 3)
     state, data, key = dp.replicate(state), dp.replicate(data), dp.replicate(jax.random.PRNGKey(2))
@@ -105,6 +110,21 @@ def test_unrolled_meta_gradient_is_device_count_invariant_too():
     jvp_state, _ = run_steps("shard_map", 4, num_steps=1, meta_grad="jvp")
     assert_states_close(four_state, one_state)
     assert_states_close(jvp_state, one_state)
+
+
+# The default run covers MixMatch's own global mixing, Learning to Reweight's globally
+# normalised weights and the two-view teacher; the others are in `pytest -m slow`.
+FAST = ("mixmatch", "l2rw", "mean_teacher")
+
+
+@pytest.mark.parametrize("algorithm", [
+    name if name in FAST else pytest.param(name, marks=pytest.mark.slow)
+    for name in sorted(set(ALGORITHMS) - {"meta_semi"})])
+def test_every_algorithm_is_device_count_invariant(algorithm):
+    one_state, one_metrics = run_steps("shard_map", 1, num_steps=2, algorithm=algorithm)
+    four_state, four_metrics = run_steps("shard_map", 4, num_steps=2, algorithm=algorithm)
+    assert_states_close(four_state, one_state)
+    np.testing.assert_allclose(four_metrics[-1]["loss"], one_metrics[-1]["loss"], rtol=1e-9)
 
 
 def test_sharded_meta_scores_and_weights_equal_the_concatenated_batch():

@@ -2,7 +2,7 @@
 
 1. K augmentations of each unlabeled image; guessed label ``q = Sharpen(mean_k
    softmax f(u_k), T)`` with ``Sharpen(p)_c = p_c^(1/T) / sum_c' p_c'^(1/T)``, no gradient.
-2. ``W = Shuffle(Concat(X, U_1..U_K))``; ``lam ~ Beta(alpha, alpha)``,
+2. ``W = Shuffle(Concat(X, U_1..U_K))`` over the global batch; ``lam ~ Beta(alpha, alpha)``,
    ``lam' = max(lam, 1 - lam)``; every example of ``Concat(X, U_1..U_K)`` is mixed with
    its partner in W with ``lam'`` (so it stays closest to itself).
 3. Loss: ``mean CE`` on the mixed labeled part ``+ lambda_u(t) * mean softmax_mse`` on
@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, forward_train,
-                                             labeled_and_consistency_gradients, mix_global,
+                                             labeled_and_consistency_gradients,
                                              unlabeled_loss_weight)
-from meta_semi_jax.mixup import sample_mixup_lambda
+from meta_semi_jax.mixup import Mixed, mixup_with_shuffle, sample_mixup_lambda
+from meta_semi_jax.parallel import gather_global, local_shard
 from meta_semi_jax.state import TrainState
 
 
@@ -40,20 +41,41 @@ def guessed_labels(state: TrainState, views: jax.Array, temperature: float) -> j
     return jax.lax.stop_gradient(sharpen(jnp.mean(probs, axis=0), temperature))
 
 
+def mixed_batch(key: jax.Array, labeled_images: jax.Array, one_hot_labels: jax.Array,
+                views: jax.Array, guesses: jax.Array, alpha: float,
+                axis_name: str | None) -> tuple[Mixed, Mixed]:
+    """This device's mixed labeled and unlabeled parts (MixMatch steps 2-3).
+
+    Partners are drawn over the global ``Concat(X, U_1..U_K)`` (unlabeled examples in
+    example-major order), so the result does not depend on the device count. Returns
+    the mixed labeled part ``[B_l]`` and the mixed unlabeled part ``[B_u * K]``.
+    """
+    num_views, num_unlabeled = views.shape[:2]
+    by_example = jnp.swapaxes(views, 0, 1)  # [B_u, K, ...]
+    guess_targets = jnp.broadcast_to(guesses[:, None], (num_unlabeled, num_views)
+                                     + guesses.shape[1:])
+    g_x, g_y, g_u, g_t = gather_global(
+        (labeled_images, one_hot_labels, by_example, guess_targets), axis_name)
+    k_lam, k_perm = jax.random.split(key)
+    lam = sample_mixup_lambda(k_lam, alpha)
+    flat = lambda a: a.reshape((-1,) + a.shape[2:])
+    mixed = mixup_with_shuffle(k_perm, jnp.concatenate([g_x, flat(g_u)]),
+                               jnp.concatenate([g_y, flat(g_t)]), jnp.maximum(lam, 1.0 - lam))
+    n_x = g_x.shape[0]
+    mixed_x = Mixed(mixed.inputs[:n_x], mixed.targets[:n_x])
+    mixed_u = Mixed(*(a[n_x:].reshape(g_u.shape[:2] + a.shape[1:]) for a in mixed))
+    mixed_x, mixed_u = local_shard((mixed_x, mixed_u), axis_name)
+    return mixed_x, Mixed(*(flat(a) for a in mixed_u))
+
+
 def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
               axis_name: str | None = None) -> Gradients:
     """Global gradients of MixMatch's loss for one batch (``key`` equal on every device)."""
-    k_lam, k_perm = jax.random.split(key)
     views = batch.unlabeled_views()
-    guesses = guessed_labels(state, views, hparams.temperature)
-    num_labeled = batch.labeled_images.shape[0]
-    inputs = jnp.concatenate([batch.labeled_images, views.reshape((-1,) + views.shape[2:])])
-    targets = jnp.concatenate([jax.nn.one_hot(batch.labels, hparams.num_classes),
-                               jnp.tile(guesses, (views.shape[0], 1))])
-    lam = sample_mixup_lambda(k_lam, hparams.alpha)
-    mixed = mix_global(k_perm, inputs, targets, jnp.maximum(lam, 1.0 - lam), axis_name)
+    mixed_x, mixed_u = mixed_batch(
+        key, batch.labeled_images, jax.nn.one_hot(batch.labels, hparams.num_classes), views,
+        guessed_labels(state, views, hparams.temperature), hparams.alpha, axis_name)
     return labeled_and_consistency_gradients(
-        state, mixed.inputs[:num_labeled], mixed.targets[:num_labeled],
-        mixed.inputs[num_labeled:], lambda params, batch_stats: (mixed.targets[num_labeled:],
-                                                                 batch_stats),
+        state, mixed_x.inputs, mixed_x.targets, mixed_u.inputs,
+        lambda params, batch_stats: (mixed_u.targets, batch_stats),
         unlabeled_loss_weight(state, hparams, "linear"), axis_name)
