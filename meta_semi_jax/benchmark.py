@@ -1,10 +1,12 @@
 """Times the full jitted training step and reports its compiled memory.
 
     python -m meta_semi_jax.benchmark --model=cnn13 --json=bench.json
+    python -m meta_semi_jax.benchmark --model=wrn28_2 --image_size=96   # STL-10
+    python -m meta_semi_jax.benchmark --algorithms=meta_semi:jvp@bfloat16,ict@bfloat16
     python -m meta_semi_jax.benchmark --model=small_cnn --steps=5 --warmup=1
 
-Each row is one (algorithm, meta_grad) on the paper's batch and image size for the
-model, with data already on the device: the program's own step (on-device sampling,
+Each row is one ``algorithm[:meta_grad][@compute_dtype]`` on the paper's batch and
+image size for the model (``--image_size`` changes the size, e.g. 96 for STL-10), with data already on the device: the program's own step (on-device sampling,
 augmentation, MixUp, meta-gradient, update), compiled, warmed up, then timed step by
 step with ``block_until_ready``; the median is reported. ``images_per_s`` counts the
 labeled and unlabeled images of a step's batch. ``peak_bytes`` is XLA's memory
@@ -42,11 +44,14 @@ WORKLOADS: dict[str, Workload] = {
     "wrn28_2": Workload((32, 32, 3), 32, 96),      # CIFAR, MixMatch's WRN recipe
     "small_cnn": Workload((8, 8, 1), 32, 96),      # digits
 }
-DEFAULT_ROWS = ("meta_semi:jvp", "meta_semi:per_example", "meta_semi:unrolled", "supervised")
+DEFAULT_ROWS = ("meta_semi:jvp", "meta_semi:per_example", "meta_semi:unrolled", "ict",
+                "supervised")
 
 _MODEL = flags.DEFINE_enum("model", "cnn13", list(WORKLOADS), "Model to time.")
 _ROWS = flags.DEFINE_list("algorithms", list(DEFAULT_ROWS),
                           "algorithm or algorithm:meta_grad, e.g. meta_semi:unrolled.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", None,
+                                   "Image height and width (default: the model's dataset).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per row.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
@@ -77,12 +82,14 @@ def peak_bytes(compiled) -> int | None:
                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
 
 
-def time_row(model: str, row: str, steps: int, warmup: int) -> dict[str, Any]:
-    """Median step time and compiled memory of one ``algorithm[:meta_grad]``."""
+def time_row(workload: Workload, model: str, row: str, steps: int,
+             warmup: int) -> dict[str, Any]:
+    """Median step time and compiled memory of one ``algorithm[:meta_grad][@dtype]``."""
+    row, _, dtype = row.partition("@")
     algorithm, _, meta_grad = row.partition(":")
-    workload = WORKLOADS[model]
     config = base_config()
     config.model, config.algorithm, config.meta_grad = model, algorithm, meta_grad or "jvp"
+    config.compute_dtype = dtype or "float32"
     config.labeled_batch_size = workload.labeled_batch_size
     config.unlabeled_batch_size = workload.unlabeled_batch_size
     config.translate, config.flip = 2, True
@@ -101,6 +108,7 @@ def time_row(model: str, row: str, steps: int, warmup: int) -> dict[str, Any]:
     ms = 1000 * statistics.median(seconds)
     images = workload.labeled_batch_size + workload.unlabeled_batch_size
     return {"algorithm": algorithm, "meta_grad": meta_grad or None, "model": model,
+            "compute_dtype": config.compute_dtype, "image_size": workload.image_shape[0],
             "ms_per_step": ms, "images_per_s": images / (ms / 1000),
             "peak_bytes": peak_bytes(compiled)}
 
@@ -112,19 +120,24 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| algorithm | meta_grad | model | ms/step | images/s | ratio to ict | peak MiB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| algorithm | meta_grad | model | dtype | image | ms/step | images/s "
+             "| ratio to ict | peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['ratio_to_ict']:.2f}" if r["ratio_to_ict"] else "-"
         peak = f"{r['peak_bytes'] / 2**20:.1f}" if r["peak_bytes"] is not None else "-"
         lines.append(f"| {r['algorithm']} | {r['meta_grad'] or '-'} | {r['model']} | "
-                     f"{r['ms_per_step']:.1f} | {r['images_per_s']:.0f} | {ratio} | {peak} |")
+                     f"{r['compute_dtype']} | {r['image_size']} | {r['ms_per_step']:.1f} | {r['images_per_s']:.0f} | {ratio} | {peak} |")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    rows = with_ratios([time_row(_MODEL.value, row, _STEPS.value, _WARMUP.value)
+    workload = WORKLOADS[_MODEL.value]
+    if _IMAGE_SIZE.value:
+        size = _IMAGE_SIZE.value
+        workload = dataclasses.replace(workload, image_shape=(size, size,
+                                                              workload.image_shape[2]))
+    rows = with_ratios([time_row(workload, _MODEL.value, row, _STEPS.value, _WARMUP.value)
                         for row in _ROWS.value])
     print(f"{jax.devices()[0].device_kind} x {jax.device_count()}")
     print(table(rows))

@@ -24,7 +24,8 @@ FIXED_ON_RESUME: tuple[str, ...] = (
     "unlabeled_includes_labeled", "seed", "labeled_batch_size", "unlabeled_batch_size",
     "beta", "optimizer", "learning_rate", "lr_schedule", "num_train_steps", "ema_decay",
     "teacher_bn_mode", "translate", "flip", "pad_mode", "weight_decay", "momentum",
-    "nesterov", "meta_grad", "unlabeled_placement", "pseudo_label", "mixup", "weights")
+    "nesterov", "meta_grad", "unlabeled_placement", "pseudo_label", "mixup", "weights",
+    "compute_dtype")
 
 
 def checkpoint_dir(workdir: str) -> str:

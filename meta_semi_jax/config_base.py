@@ -56,7 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.translate = 4                    # max random shift in pixels
     c.pad_mode = "zero"                # zero | reflect: how a shifted image is filled
     c.flip = True                      # random horizontal flip
-    # Devices.
+    # Devices and precision.
+    c.compute_dtype = "float32"        # float32 | bfloat16: convs and matmuls (params stay float32)
     c.parallel = "shard_map"           # shard_map | pmap
     c.sync_batch_norm = True           # BatchNorm statistics over all devices
     c.unlabeled_placement = "replicated"  # replicated | sharded over devices (data/sampler.py)

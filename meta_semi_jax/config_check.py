@@ -36,6 +36,7 @@ CHOICES: dict[str, Iterable[str]] = {
     "pseudo_label": PSEUDO_LABELS,
     "mixup": MIXUP_MODES,
     "weights": ("meta", "ones", "sign"),
+    "compute_dtype": ("float32", "bfloat16"),
 }
 
 # Table 5's switches: their value for the full Meta-Semi, the only one other algorithms take.

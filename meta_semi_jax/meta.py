@@ -70,6 +70,24 @@ def scores_jvp(loss_fn: LossFn, params: Params, g_x: Params,
     return scores
 
 
+def linearized_scores(loss_fn_with_aux: Callable[[Params], tuple[jax.Array, Any]],
+                      params: Params, g_x: Params
+                      ) -> tuple[jax.Array, jax.Array, Callable[[jax.Array], Params], Any]:
+    """Eq. (10)'s scores and the pullback of the same forward pass, for the update.
+
+    ``loss_fn_with_aux(params) -> (per-example losses on U~, aux)``. One
+    ``jax.linearize`` runs the forward pass of U~ once; its linear map gives
+    ``s = J_U g_X`` (as ``scores_jvp``) and its transpose ``c -> J_U^T c`` gives the
+    gradient of ``sum_j c_j L_j`` for any coefficients ``c``, e.g. Eq. (1)'s
+    ``w_j / sum_k w_k``, without a second forward pass.
+
+    Returns ``(losses, scores, pullback, aux)``.
+    """
+    losses, jvp_fn, aux = jax.linearize(loss_fn_with_aux, params, has_aux=True)
+    transpose = jax.linear_transpose(jvp_fn, params)
+    return losses, jvp_fn(g_x), lambda coefficients: transpose(coefficients)[0], aux
+
+
 def scores_per_example(loss_fn: LossFn, params: Params, g_x: Params,
                        unlabeled_batch: Batch) -> jax.Array:
     """``s_j = <g_X, grad_theta L(u~_j)>`` with each example differentiated alone.
@@ -169,6 +187,14 @@ def l2rw_weights(scores: jax.Array, axis_name: str | None = None) -> jax.Array:
                                        0.0))
 
 
+def loss_coefficients(weights: jax.Array, axis_name: str | None = None) -> jax.Array:
+    """``w_j / sum_k |w_k|``, the coefficient of ``L_j`` in Eq. (1), and 0 when every
+    weight is 0; the sum runs over all devices of ``axis_name``. Held constant."""
+    weights = lax.stop_gradient(weights)
+    total = _psum_if(jnp.sum(jnp.abs(weights)), axis_name)
+    return weights / jnp.where(total > 0, total, jnp.ones_like(total))
+
+
 def weighted_loss(losses: jax.Array, weights: jax.Array,
                   axis_name: str | None = None) -> jax.Array:
     """``L_meta = sum_j w_j L_j / sum_j |w_j|`` of Eq. (1), and 0 when every ``w_j`` is 0.
@@ -180,7 +206,4 @@ def weighted_loss(losses: jax.Array, weights: jax.Array,
     over all devices and each device returns its share: the shares add up to Eq. (1)
     on the global batch, and so do their gradients.
     """
-    weights = lax.stop_gradient(weights)
-    total = _psum_if(jnp.sum(jnp.abs(weights)), axis_name)
-    safe_total = jnp.where(total > 0, total, jnp.ones_like(total))
-    return jnp.sum(weights * losses) / safe_total
+    return jnp.sum(loss_coefficients(weights, axis_name) * losses)

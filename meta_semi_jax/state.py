@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -22,6 +23,10 @@ class TrainState(train_state.TrainState):
     batch_stats: Any
     ema_params: Any
     ema_batch_stats: Any
+    # The same model computing in float32, when ``apply_fn`` computes in lower precision:
+    # Meta-Semi takes its labeled gradient g_X (the direction of every score) from it.
+    float32_apply_fn: Callable[..., Any] | None = flax.struct.field(pytree_node=False,
+                                                                    default=None)
 
 
 def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:

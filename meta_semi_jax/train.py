@@ -202,11 +202,15 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
     """Initialises the model and puts state, data and keys on the devices. The hidden
     labels of the unlabeled set only reach the pseudo-label diagnostics."""
     dp = DataParallel(config.parallel, make_mesh())
-    model = create_model(config.model, ssl.num_classes,
-                         axis_name=AXIS if config.sync_batch_norm else None)
+    axis_name = AXIS if config.sync_batch_norm else None
+    model = create_model(config.model, ssl.num_classes, axis_name=axis_name,
+                         dtype=jnp.dtype(config.compute_dtype))
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = create_train_state(model, make_optimizer(config), init_key,
                                jnp.zeros((1,) + ssl.labeled_images.shape[1:], jnp.float32))
+    if config.compute_dtype != "float32":
+        state = state.replace(float32_apply_fn=create_model(
+            config.model, ssl.num_classes, axis_name=axis_name).apply)
     hparams = hparams_from_config(config, ssl.num_classes)
     unlabeled_kind = config.unlabeled_placement
     data_kinds = DeviceData(labeled_images="replicated", labeled_labels="replicated",

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -15,15 +17,18 @@ def test_benchmark_writes_a_row_per_algorithm(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="")
     proc = subprocess.run(
         [sys.executable, "-m", "meta_semi_jax.benchmark", "--model=small_cnn", "--steps=2",
-         "--warmup=0", "--algorithms=meta_semi:jvp,meta_semi:unrolled,supervised",
-         f"--json={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+         "--warmup=0", "--algorithms=meta_semi:jvp,meta_semi:unrolled@bfloat16,ict",
+         "--image_size=12", f"--json={out}"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
-    assert [(r["algorithm"], r["meta_grad"]) for r in rows] == [
-        ("meta_semi", "jvp"), ("meta_semi", "unrolled"), ("supervised", None)]
+    assert [(r["algorithm"], r["meta_grad"], r["compute_dtype"]) for r in rows] == [
+        ("meta_semi", "jvp", "float32"), ("meta_semi", "unrolled", "bfloat16"),
+        ("ict", None, "float32")]
     for row in rows:
-        assert set(row) == {"algorithm", "meta_grad", "model", "ms_per_step", "images_per_s",
-                            "ratio_to_ict", "peak_bytes"}
+        assert set(row) == {"algorithm", "meta_grad", "model", "compute_dtype", "image_size",
+                            "ms_per_step", "images_per_s", "ratio_to_ict", "peak_bytes"}
         assert row["ms_per_step"] > 0 and row["images_per_s"] > 0 and row["peak_bytes"] > 0
-        assert row["ratio_to_ict"] is None  # no ict row was timed
-    assert "| meta_semi | unrolled | small_cnn |" in proc.stdout
+        assert row["image_size"] == 12
+        assert row["ratio_to_ict"] == pytest.approx(row["ms_per_step"] / rows[2]["ms_per_step"])
+    assert "| meta_semi | unrolled | small_cnn | bfloat16 | 12 |" in proc.stdout

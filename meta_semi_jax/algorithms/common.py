@@ -139,12 +139,18 @@ def gradients_of(objective: Callable[[Any], tuple[jax.Array, Any]], state: Train
                      {"loss": psum_if(loss, axis_name), **metrics(aux)})
 
 
-def per_example_loss_fn(state: TrainState) -> Callable[[Any, tuple[jax.Array, jax.Array]], jax.Array]:
+def per_example_loss_fn(state: TrainState, float32: bool = False
+                        ) -> Callable[[Any, tuple[jax.Array, jax.Array]], jax.Array]:
     """``loss_fn(params, (inputs, soft_targets)) -> [B]`` in train mode, for ``meta_scores``.
 
     BatchNorm normalises with the batch's statistics (as in the training forward pass);
     the statistics it would update are discarded, so they are updated once per step.
+    ``float32=True`` runs the model in float32 when the state has a lower-precision
+    ``apply_fn`` (and a ``float32_apply_fn``).
     """
+    if float32 and state.float32_apply_fn is not None:
+        state = state.replace(apply_fn=state.float32_apply_fn)
+
     def loss_fn(params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
         inputs, targets = batch
         logits, _ = forward_train(state, params, inputs)

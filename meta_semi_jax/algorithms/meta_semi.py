@@ -23,11 +23,12 @@ import optax
 from jax import lax
 
 from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, forward_train,
-                                             gradients_of, per_example_loss_fn, pmean_if,
+                                             per_example_loss_fn, pmean_if, psum_if,
                                              pseudo_label_diagnostics, pseudo_labels)
 from meta_semi_jax.losses import soft_cross_entropy
-from meta_semi_jax.meta import (l2rw_weights, labeled_gradient, meta_scores, meta_weights,
-                                weighted_loss)
+from meta_semi_jax.meta import (l2rw_weights, labeled_gradient, linearized_scores,
+                                loss_coefficients, meta_scores, meta_weights,
+                                scores_per_example)
 from meta_semi_jax.mixup import Mixed, mixup_labeled_and_unlabeled
 from meta_semi_jax.parallel import gather_global, local_shard
 from meta_semi_jax.state import TrainState
@@ -85,11 +86,26 @@ def assumption_terms(state: TrainState, batch: SSLBatch, key: jax.Array, hparams
     return optax.tree.norm(meta_grads, squared=True), g_labeled
 
 
+def labeled_direction(state: TrainState, mixed_x: Mixed,
+                      axis_name: str | None = None) -> tuple[jax.Array, Any]:
+    """This device's ``sum_i L(x~_i)`` and the global ``g_X`` of Eq. (10), in float32 also
+    when the model computes in bfloat16 (``state.float32_apply_fn``): every score is
+    measured along ``g_X``, so its rounding error would reach all of them at once
+    (experiments/PERF.md measures the signs it flips). X~ is the smallest batch of the
+    step, so this costs little."""
+    loss_fn = per_example_loss_fn(state, float32=True)
+    labeled_sum, g_x = jax.value_and_grad(
+        lambda params: jnp.sum(loss_fn(params, tuple(mixed_x))))(state.params)
+    return labeled_sum, psum_if(g_x, axis_name)
+
+
 def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
               axis_name: str | None = None, extra_loss: ExtraLoss | None = None) -> Gradients:
     """Global gradient of Eq. (1) (plus ``extra_loss``, Eq. 14) for one Meta-Semi step.
 
-    ``key`` must be the same on every device of ``axis_name``.
+    ``key`` must be the same on every device of ``axis_name``. With ``meta_grad='jvp'``
+    the forward pass of U~ is shared by the scores and the update
+    (``meta.linearized_scores``); the other methods recompute it.
 
     Metrics: ``loss`` (the global objective), ``selected`` (share of U~ with a positive
     weight), ``labeled_loss`` (mean loss on X~), ``mean_score``, and with
@@ -97,29 +113,43 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HPara
     """
     mixed_x, mixed_u, targets_u = mixed_batches(state, batch, key, hparams, axis_name)
     loss_fn = per_example_loss_fn(state)
-    scores = meta_scores(loss_fn, state.params, tuple(mixed_x), tuple(mixed_u),
-                         hparams.meta_grad, axis_name=axis_name)
-    weights = WEIGHT_RULES[hparams.weights](scores, axis_name)
+    labeled_sum, g_x = labeled_direction(state, mixed_x, axis_name)
 
-    def objective(params):
+    def unlabeled_losses(params):
         logits, batch_stats = forward_train(state, params, mixed_u.inputs)
-        loss = weighted_loss(soft_cross_entropy(logits, mixed_u.targets), weights, axis_name)
-        if extra_loss is not None:
-            extra, batch_stats = extra_loss(params, batch_stats, jax.random.fold_in(key, 1),
-                                             targets_u)
-            loss = loss + extra
-        return loss, (batch_stats, None)
+        return soft_cross_entropy(logits, mixed_u.targets), batch_stats
 
-    def metrics(_):
-        selected = (weights > 0).astype(jnp.float32)
-        labeled_loss = jnp.mean(loss_fn(state.params, tuple(mixed_x)))
-        values = {"selected": pmean_if(jnp.mean(selected), axis_name),
-                  "labeled_loss": pmean_if(labeled_loss, axis_name),
-                  "mean_score": pmean_if(jnp.mean(scores), axis_name)}
-        if batch.hidden_labels is not None:
-            values.update(pseudo_label_diagnostics(
-                lax.stop_gradient(targets_u), batch.hidden_labels, batch.labels.shape[0],
-                selected, axis_name))
-        return values
+    if hparams.meta_grad == "jvp":
+        losses, scores, pullback, batch_stats = linearized_scores(
+            unlabeled_losses, state.params, g_x)
+        coefficients = loss_coefficients(
+            WEIGHT_RULES[hparams.weights](scores, axis_name), axis_name)
+        loss, grads = jnp.sum(coefficients * losses), pullback(coefficients)
+    else:
+        scores = (scores_per_example(loss_fn, state.params, g_x, tuple(mixed_u))
+                  if hparams.meta_grad == "per_example" else
+                  meta_scores(loss_fn, state.params, tuple(mixed_x), tuple(mixed_u),
+                              hparams.meta_grad, axis_name=axis_name))
+        coefficients = loss_coefficients(
+            WEIGHT_RULES[hparams.weights](scores, axis_name), axis_name)
 
-    return gradients_of(objective, state, metrics, axis_name)
+        def weighted(params):
+            losses, batch_stats = unlabeled_losses(params)
+            return jnp.sum(coefficients * losses), batch_stats
+
+        (loss, batch_stats), grads = jax.value_and_grad(weighted, has_aux=True)(state.params)
+    if extra_loss is not None:
+        (extra, batch_stats), extra_grads = jax.value_and_grad(extra_loss, has_aux=True)(
+            state.params, batch_stats, jax.random.fold_in(key, 1), targets_u)
+        loss, grads = loss + extra, jax.tree.map(jnp.add, grads, extra_grads)
+
+    selected = (coefficients > 0).astype(jnp.float32)
+    metrics = {"loss": psum_if(loss, axis_name),
+               "selected": pmean_if(jnp.mean(selected), axis_name),
+               "labeled_loss": pmean_if(labeled_sum / batch.labels.shape[0], axis_name),
+               "mean_score": pmean_if(jnp.mean(scores), axis_name)}
+    if batch.hidden_labels is not None:
+        metrics.update(pseudo_label_diagnostics(
+            lax.stop_gradient(targets_u), batch.hidden_labels, batch.labels.shape[0],
+            selected, axis_name))
+    return Gradients(psum_if(grads, axis_name), pmean_if(batch_stats, axis_name), metrics)

@@ -1,0 +1,98 @@
+"""bfloat16 computation: Meta-Semi's meta scores keep their signs (so Eq. 9 keeps its
+selection) on >= 99% of the examples of a fixed small problem, versus float32.
+
+The problem: the digits CNN, trained briefly in float32 on real digits, scoring U~ =
+MixUp(Concat(X, U)) with its own soft pseudo labels, as a Meta-Semi step does. The
+scores come from the step's own functions (``labeled_direction`` and
+``linearized_scores``), once with the model in float32 and once in bfloat16.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from sklearn.datasets import load_digits
+
+from meta_semi_jax.algorithms.common import forward_train, per_example_loss_fn
+from meta_semi_jax.algorithms.meta_semi import labeled_direction
+from meta_semi_jax.losses import soft_cross_entropy
+from meta_semi_jax.meta import linearized_scores
+from meta_semi_jax.mixup import mixup_labeled_and_unlabeled
+from meta_semi_jax.models import create_model
+from meta_semi_jax.state import create_train_state, model_variables
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_digits()
+    images = (data.images[..., None].astype(np.float32) - 4.9) / 6.0
+    return images, jax.nn.one_hot(data.target, 10)
+
+
+def briefly_trained(images, targets, seed, steps):
+    model = create_model("small_cnn", 10)
+    state = create_train_state(model, optax.sgd(0.05, momentum=0.9), jax.random.PRNGKey(seed),
+                               images[:1])
+
+    @jax.jit
+    def step(state, x, y):
+        def loss(params):
+            logits, stats = forward_train(state, params, x)
+            return jnp.mean(soft_cross_entropy(logits, y)), stats
+        grads, stats = jax.grad(loss, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads, batch_stats=stats)
+
+    for i in range(steps):
+        batch = np.random.default_rng(i).integers(0, 1000, 64)
+        state = step(state, images[batch], targets[batch])
+    return state
+
+
+def step_scores(state, mixed_x, mixed_u):
+    def unlabeled_losses(params):
+        return per_example_loss_fn(state)(params, tuple(mixed_u)), None
+    _, g_x = labeled_direction(state, mixed_x)
+    return linearized_scores(unlabeled_losses, state.params, g_x)[1]
+
+
+def test_bfloat16_keeps_the_signs_of_the_meta_scores(digits):
+    images, targets = digits
+    bf16_model = create_model("small_cnn", 10, dtype=jnp.bfloat16)
+    agree, total = 0, 0
+    for seed in range(3):
+        for steps in (0, 200):
+            f32 = briefly_trained(images, targets, seed, steps)
+            bf16 = f32.replace(apply_fn=bf16_model.apply, float32_apply_fn=f32.apply_fn)
+            pseudo = jax.nn.softmax(f32.apply_fn(model_variables(f32.params, f32.batch_stats),
+                                                 images[1000:1096], train=False))
+            mixed_x, mixed_u = mixup_labeled_and_unlabeled(
+                jax.random.PRNGKey(seed), images[:32], targets[:32], images[1000:1096],
+                pseudo, 0.5)
+            s32 = step_scores(f32, mixed_x, mixed_u)
+            s16 = step_scores(bf16, mixed_x, mixed_u)
+            assert s16.dtype == jnp.float32 and not np.array_equal(s16, s32)  # really bf16
+            agree += int(jnp.sum(jnp.sign(s16) == jnp.sign(s32)))
+            total += s32.shape[0]
+    assert agree / total >= 0.99, f"signs agree on {agree} of {total}"
+
+
+def test_a_bfloat16_run_trains_and_keeps_float32_parameters(tmp_path):
+    from configs import digits as digits_config
+    from meta_semi_jax import train
+
+    config = digits_config.get_config("50")
+    config.compute_dtype = "bfloat16"
+    config.num_train_steps, config.eval_every_steps, config.checkpoint_every_steps = 20, 20, 20
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert 0.0 <= results["test_error"] < 90.0
+    import orbax.checkpoint as ocp
+    from meta_semi_jax import checkpoint
+    manager = checkpoint.open_manager(str(tmp_path), 1)
+    saved = manager.restore(20, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), loop=ocp.args.JsonRestore()))
+    manager.close()
+    assert saved.loop["config"]["compute_dtype"] == "bfloat16"
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves(saved.state["params"])}
+    assert dtypes == {np.dtype(np.float32)}
