@@ -6,11 +6,13 @@
     python -m meta_semi_jax.benchmark --model=small_cnn --steps=5 --warmup=1
 
 Each row is one ``algorithm[:meta_grad][@compute_dtype]`` on the paper's batch and
-image size for the model (``--image_size`` changes the size, e.g. 96 for STL-10), with data already on the device: the program's own step (on-device sampling,
+image size for the model (``--image_size`` changes the size, e.g. 96 for STL-10),
+with data already on the device: the program's own step (on-device sampling,
 augmentation, MixUp, meta-gradient, update), compiled, warmed up, then timed step by
 step with ``block_until_ready``; the median is reported. ``images_per_s`` counts the
 labeled and unlabeled images of a step's batch. ``peak_bytes`` is XLA's memory
-analysis of the compiled step (arguments + outputs + temporaries - aliased).
+analysis of the compiled step (arguments + outputs + temporaries - aliased), ``flops``
+XLA's cost analysis of it (the count a GPU estimate starts from).
 """
 from __future__ import annotations
 
@@ -82,6 +84,14 @@ def peak_bytes(compiled) -> int | None:
                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
 
 
+def step_flops(compiled) -> float | None:
+    """XLA's count of the compiled step's floating-point operations, if available."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0] if analysis else None
+    return float(analysis["flops"]) if analysis and "flops" in analysis else None
+
+
 def time_row(workload: Workload, model: str, row: str, steps: int,
              warmup: int) -> dict[str, Any]:
     """Median step time and compiled memory of one ``algorithm[:meta_grad][@dtype]``."""
@@ -110,7 +120,7 @@ def time_row(workload: Workload, model: str, row: str, steps: int,
     return {"algorithm": algorithm, "meta_grad": meta_grad or None, "model": model,
             "compute_dtype": config.compute_dtype, "image_size": workload.image_shape[0],
             "ms_per_step": ms, "images_per_s": images / (ms / 1000),
-            "peak_bytes": peak_bytes(compiled)}
+            "peak_bytes": peak_bytes(compiled), "flops": step_flops(compiled)}
 
 
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -121,12 +131,14 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| algorithm | meta_grad | model | dtype | image | ms/step | images/s "
-             "| ratio to ict | peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
+             "| ratio to ict | peak MiB | GFLOP/step |", "|---" * 10 + "|"]
     for r in rows:
         ratio = f"{r['ratio_to_ict']:.2f}" if r["ratio_to_ict"] else "-"
         peak = f"{r['peak_bytes'] / 2**20:.1f}" if r["peak_bytes"] is not None else "-"
+        flops = f"{r['flops'] / 1e9:.1f}" if r["flops"] is not None else "-"
         lines.append(f"| {r['algorithm']} | {r['meta_grad'] or '-'} | {r['model']} | "
-                     f"{r['compute_dtype']} | {r['image_size']} | {r['ms_per_step']:.1f} | {r['images_per_s']:.0f} | {ratio} | {peak} |")
+                     f"{r['compute_dtype']} | {r['image_size']} | {r['ms_per_step']:.1f} | "
+                     f"{r['images_per_s']:.0f} | {ratio} | {peak} | {flops} |")
     return "\n".join(lines)
 
 

@@ -27,8 +27,9 @@ def test_benchmark_writes_a_row_per_algorithm(tmp_path):
         ("ict", None, "float32")]
     for row in rows:
         assert set(row) == {"algorithm", "meta_grad", "model", "compute_dtype", "image_size",
-                            "ms_per_step", "images_per_s", "ratio_to_ict", "peak_bytes"}
+                            "ms_per_step", "images_per_s", "ratio_to_ict", "peak_bytes", "flops"}
         assert row["ms_per_step"] > 0 and row["images_per_s"] > 0 and row["peak_bytes"] > 0
+        assert row["flops"] > 0
         assert row["image_size"] == 12
         assert row["ratio_to_ict"] == pytest.approx(row["ms_per_step"] / rows[2]["ms_per_step"])
     assert "| meta_semi | unrolled | small_cnn | bfloat16 | 12 |" in proc.stdout

@@ -1,0 +1,131 @@
+"""Runs the cells of one of the paper's tables over split seeds.
+
+    python -m experiments.run --table=1 --seeds=5 --root=DIR [--cells=cifar10_1000]
+    python -m experiments.run --table=5 --seeds=3 --root=DIR --dataset=digits --jobs=2
+    python -m experiments.run --table=1 --seeds=5 --root=DIR --shard=0/4   # machine 1 of 4
+
+Run ``i`` of a cell uses ``seed = split_seed = i`` (every method sees the same splits)
+and is one ``python -m meta_semi_jax.main`` process writing to
+``ROOT/<config>_<labels>/<method>/seed_<i>`` (its console output in ``console.log``
+there). Finished runs (with ``results.json``) are skipped and half-finished ones resume
+from their last checkpoint, so the command can be rerun after any interruption.
+``--shard=i/n`` takes every n-th run of the sorted list, so n machines sharing ROOT
+(or merging their ROOTs) split a table. ``python -m experiments.report --root=DIR``
+then tabulates.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+from typing import NamedTuple, Sequence
+
+from absl import app, flags
+
+from experiments import tables
+
+FLAGS = flags.FLAGS
+
+
+class Run(NamedTuple):
+    workdir: str
+    command: tuple[str, ...]
+
+
+def runs_of(cells: Sequence[tables.Cell], root: str, seeds: int,
+            overrides: Sequence[str]) -> list[Run]:
+    """One run per distinct (config, labels, method, seed), sorted by workdir."""
+    found = {}
+    for cell in cells:
+        for seed in range(seeds):
+            workdir = cell.run_dir(root, seed)
+            found[workdir] = Run(workdir, (
+                sys.executable, "-m", "meta_semi_jax.main",
+                f"--config=configs/{cell.config}.py:{cell.labels}", f"--workdir={workdir}",
+                f"--config.seed={seed}", f"--config.split_seed={seed}",
+                *cell.run_method.config_flags(), *(f"--config.{o}" for o in overrides)))
+    return [found[w] for w in sorted(found)]
+
+
+def select(runs: Sequence[Run], root: str, patterns: Sequence[str], shard: str) -> list[Run]:
+    """Runs matching ``--cells`` (all when empty), then the ``i/n`` shard of them."""
+    index, count = (int(part) for part in shard.split("/"))
+    if not 0 <= index < count:
+        raise app.UsageError(f"--shard={shard}: need 0 <= i < n")
+    kept = [r for r in runs
+            if not patterns or any(p in os.path.relpath(r.workdir, root) for p in patterns)]
+    return kept[index::count]
+
+
+def is_finished(run: Run) -> bool:
+    return os.path.exists(os.path.join(run.workdir, "results.json"))
+
+
+def execute(run: Run) -> int:
+    """Runs (or resumes) one training process; its output goes to ``console.log``."""
+    os.makedirs(run.workdir, exist_ok=True)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    with open(os.path.join(run.workdir, "console.log"), "a") as log:
+        return subprocess.run(run.command, cwd=repo, env=env, stdout=log,
+                              stderr=subprocess.STDOUT).returncode
+
+
+def last_line(path: str) -> str:
+    with open(path) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    try:
+        cells = tables.cells(FLAGS.dataset, FLAGS.table)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    overrides = [f"{k}={v}" for k, v in tables.EDITION_OVERRIDES[FLAGS.dataset]]
+    overrides += FLAGS.override
+    root = os.path.abspath(FLAGS.root)
+    runs = select(runs_of(cells, root, FLAGS.seeds, overrides), root, FLAGS.cells,
+                  FLAGS.shard)
+    todo = [r for r in runs if not is_finished(r)]
+    print(f"table {FLAGS.table} ({FLAGS.dataset}): {len(runs)} runs, "
+          f"{len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
+    if FLAGS.dry_run:
+        for run in todo:
+            print(" ".join(run.command))
+        return
+    failed = []
+    with concurrent.futures.ThreadPoolExecutor(max(1, FLAGS.jobs)) as pool:
+        for run, code in zip(todo, pool.map(execute, todo)):
+            status = "done" if code == 0 else f"FAILED (exit {code})"
+            print(f"{status}: {os.path.relpath(run.workdir, root)}", flush=True)
+            if code:
+                failed.append((run, code))
+    for run, code in failed:
+        print(f"failed run {run.workdir} (exit {code}): "
+              f"{last_line(os.path.join(run.workdir, 'console.log'))}", file=sys.stderr)
+    if failed:
+        sys.exit(1)
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("table", None, "Table: 1, 2, 3, 4, 5 or fig3 (digits: 1, 5, fig3).")
+    flags.DEFINE_integer("seeds", 5, "Runs per cell, with seed = split_seed = 0..n-1.")
+    flags.DEFINE_string("root", None, "Directory of all runs.")
+    flags.DEFINE_enum("dataset", "paper", list(tables.EDITIONS),
+                      "paper: the paper's datasets; digits: the laptop edition.")
+    flags.DEFINE_list("cells", [], "Keep runs whose '<config>_<labels>/<method>' "
+                      "contains one of these strings.")
+    flags.DEFINE_string("shard", "0/1", "i/n: run the i-th of n interleaved slices.")
+    flags.DEFINE_integer("jobs", 1, "Runs at the same time on this machine.")
+    flags.DEFINE_multi_string("override", [], "field=value for every run, e.g. "
+                              "num_train_steps=100 (not part of the run's name).")
+    flags.DEFINE_bool("dry_run", False, "Print the commands only.")
+    flags.mark_flags_as_required(["table", "root"])
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,112 @@
+"""The table definitions, the runner (on the digits edition, tiny runs) and the report."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from experiments import report, run, tables
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_every_paper_value_parses_and_table1_has_the_papers_cells():
+    cells = tables.cells("paper")
+    for cell in cells:
+        if cell.paper is not None:
+            mean, std = (float(v) for v in cell.paper.split("±"))
+            assert 0 < mean < 100 and 0 <= std < 5
+    numeric = [c for c in tables.cells("paper", "1") if c.paper is not None]
+    assert len(numeric) == 8 * 5 - 1 + 3 + 4 + 4  # CNN-13 rows (one '-') + WRN rows
+
+
+def test_a_run_is_shared_by_the_tables_that_use_it():
+    cells = tables.cells("paper")
+    meta = {c.run_name for c in cells if c.method == tables.META_SEMI and c.group ==
+            "cifar100_10000"}
+    assert meta == {"cifar100_10000/meta_semi"}
+    # Fig. 3's beta = 1.0 is the config's own beta: the same run again.
+    assert {c.table for c in cells if c.run_name == "cifar100_10000/meta_semi"} == {
+        "1", "4", "5", "fig3"}
+    # Fig. 3's ICT at its default alpha and weight is the Table 1 ICT run.
+    assert "cifar100_10000/ict" in {c.run_name for c in tables.cells("paper", "fig3")}
+
+
+def test_the_digits_edition_has_the_listed_rows():
+    rows = [c.method.row for c in tables.cells("digits", "1")]
+    assert rows == ["Supervised", "Supervised + MixUp", "Π-model", "Mean Teacher",
+                    "Learning to Reweight", "ICT", "MixMatch", "Meta-Semi", "Meta-Semi + ICT"]
+    assert len(tables.cells("digits", "5")) == 9
+    with pytest.raises(ValueError, match="not in the digits edition"):
+        tables.cells("digits", "2")
+
+
+def test_shards_are_disjoint_and_cover_the_runs_and_cells_filter():
+    runs = run.runs_of(tables.cells("paper", "5"), "/r", 3, [])
+    assert len(runs) == 9 * 2 * 3
+    shards = [run.select(runs, "/r", [], f"{i}/4") for i in range(4)]
+    names = [r.workdir for shard in shards for r in shard]
+    assert sorted(names) == sorted(r.workdir for r in runs) and len(set(names)) == len(names)
+    kept = run.select(runs, "/r", ["cifar100_4000/meta_semi__mixup"], "0/1")
+    assert len(kept) == 3 * 3  # three MixUp ablations, three seeds
+
+
+def test_mean_std_ranks_and_time_lookup():
+    assert report.mean_std([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
+    assert report.ranks({"a": 3.0, "b": None, "c": 1.0}) == {"a": "2", "b": "-", "c": "1"}
+    curve = [{"step": 1, "wall_seconds": 10.0, "test_accuracy": 60.0},
+             {"step": 2, "wall_seconds": 20.0, "test_accuracy": 70.0}]
+    assert report.error_at_time(curve, 15.0) == 40.0
+    assert report.error_at_time(curve, 5.0) is None
+
+
+def write_run(workdir: pathlib.Path, wall: float, curve: list[tuple[float, float]]):
+    workdir.mkdir(parents=True)
+    (workdir / "results.json").write_text(json.dumps(
+        {"test_error": 100.0 - curve[-1][1], "wall_seconds": wall}))
+    (workdir / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": i, "wall_seconds": t, "test_accuracy": a}) + "\n"
+        for i, (t, a) in enumerate(curve)))
+
+
+def test_table4_reads_errors_at_the_papers_time_fractions(tmp_path):
+    budget = tables.TABLE4[0]  # ICT's 12.6 h defines our full time
+    cells = [c for c in tables.cells("paper", "4") if c.config == budget.config]
+    ict, meta = (next(c for c in cells if c.method == m) for m in (tables.ICT, tables.META_SEMI))
+    write_run(pathlib.Path(ict.run_dir(str(tmp_path), 0)), 126.0,
+              [(50.0, 60.0), (75.0, 65.0), (100.0, 66.0), (126.0, 67.0)])
+    write_run(pathlib.Path(meta.run_dir(str(tmp_path), 0)), 180.0,
+              [(49.0, 61.0), (60.0, 68.0), (130.0, 70.0)])
+    lines = report.time_budget_table(budget, cells, report.Runs(str(tmp_path)))
+    # 5.0 / 12.6 of 126 s = 50 s: ICT 40.00, Meta-Semi 39.00; at 126 s: 33.00 and 32.00.
+    assert lines[4] == "| ICT | 40.00 | 33.43 | 35.00 | 32.84 | 34.00 | 32.61 | 33.00 | 32.24 |"
+    assert lines[5].startswith("| Meta-Semi | 39.00 | 32.73 | 32.00 | 31.81 | 32.00 |")
+
+
+def test_runner_skips_finished_runs_and_the_report_has_numbers_and_plots(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="")
+    command = [sys.executable, "-m", "experiments.run", "--table=1", "--seeds=1",
+               f"--root={tmp_path}", "--dataset=digits", "--jobs=2",
+               "--cells=/supervised/,/meta_semi/", "--override=num_train_steps=40",
+               "--override=eval_every_steps=20", "--override=checkpoint_every_steps=40"]
+    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr[-3000:]
+    assert "2 runs, 0 finished, 2 to run" in first.stdout
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert "2 runs, 2 finished, 0 to run" in again.stdout
+    config = json.loads((tmp_path / "digits_50/meta_semi/seed_0/config.json").read_text())
+    assert config["num_train_steps"] == 40 and config["split_seed"] == 0
+    text = report.report(str(tmp_path), "digits")
+    assert (tmp_path / "report.md").read_text() == text
+    meta_row = next(line for line in text.splitlines() if line.startswith("| Meta-Semi |"))
+    assert "(1) | 10.27 ± 0.66 |" in meta_row
+    assert "No finished run yet: digits_50/supervised_mixup" in text
+    for name in ("test_error_table1_digits_50.png", "selected_table1_digits_50.png",
+                 "pseudo_label_accuracy_table1_digits_50.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
