@@ -14,7 +14,8 @@ Meta-Semi + ICT 9.29 / 7.05 / 6.42 %, ICT 12.44 / 8.69 / 7.18 %, Learning to Rew
 11.74 / - / 9.44 %, Mean Teacher 18.27 / 13.45 / 10.73 %, Pi-model 28.74 / 17.57 /
 12.36 %, Supervised + MixUp 31.83 / 24.22 / 17.37 %, Supervised 39.95 / 27.67 / 20.42 %.
 Expected time on one GPU: ICT's full CNN-13 run took 12.6 h on a Titan Xp (Table 4);
-Meta-Semi's step costs about 1.5 ICT steps (experiments/PERF.md), so about 19 h there.
+Meta-Semi's step costs 1.73 ICT steps by XLA's FLOP count (experiments/PERF.md), so
+about 22 h there.
 The dataset is read through tfds; prepare it once with
 ``python -m meta_semi_jax.data prepare cifar10 --data_dir=...``.
 """

@@ -14,7 +14,7 @@ Paper's test error, 4000 / 10000 labels: Meta-Semi 37.61 / 30.51 %, Meta-Semi + 
 Teacher 45.36 / 35.96 %, Pi-model 55.39 / 38.06 %, Supervised + MixUp 54.87 / 40.97 %,
 Supervised 58.31 / 44.56 %; the ablations are listed in experiments/tables.py.
 Expected time on one GPU: ICT's full run took 12.6 h on a Titan Xp (Table 4);
-Meta-Semi about 1.5 times that (experiments/PERF.md).
+Meta-Semi about 1.73 times that by FLOP count, 22 h (experiments/PERF.md).
 """
 from __future__ import annotations
 

@@ -55,6 +55,13 @@ def local_shard(tree: Any, axis_name: str | None) -> Any:
     return jax.tree.map(take, tree)
 
 
+def bytes_on_this_process(tree: Any) -> int:
+    """Bytes that this process's devices hold of ``tree`` (a replicated array counts
+    once per device): the device memory a placement costs each host."""
+    return sum(shard.data.nbytes for x in jax.tree.leaves(tree)
+               for shard in x.addressable_shards)
+
+
 class DataParallel:
     """Places data for, and runs, per-device functions under ``mode`` on ``mesh``.
 

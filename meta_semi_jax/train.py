@@ -32,7 +32,7 @@ from meta_semi_jax.data.sampler import DeviceData
 from meta_semi_jax.logs import RunLog
 from meta_semi_jax.models import create_model
 from meta_semi_jax.optim import make_optimizer
-from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
+from meta_semi_jax.parallel import AXIS, DataParallel, bytes_on_this_process, make_mesh
 from meta_semi_jax.state import TrainState, create_train_state, model_variables
 from meta_semi_jax.step import device_assumption_ratio, device_train_step
 
@@ -369,6 +369,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
     logging.info("%s on %s with %d labels (split %s), %d unlabeled, %d devices (%s)",
                  config.algorithm, config.dataset, config.num_labels, ssl.split.digest(),
                  len(ssl.unlabeled_labels), dp.num_devices, config.parallel)
+    logging.info("unlabeled images (%s): %d bytes on this process's devices",
+                 config.unlabeled_placement, bytes_on_this_process(device_data.unlabeled_images))
     stop = StopSignal()
     progress = Progress(config.num_train_steps)
     earlier_seconds = loop["wall_seconds"]  # spent by the runs this one resumes

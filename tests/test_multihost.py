@@ -1,16 +1,19 @@
 """Two processes on 127.0.0.1 with 2 CPU devices each form one JAX system whose run
-equals one process with 4 devices."""
+equals one process with 4 devices, with the unlabeled pool replicated or sharded (each
+host then holds only its devices' shards)."""
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN = ("--config=configs/digits.py:50", "--config.num_train_steps=20",
@@ -32,7 +35,9 @@ def launch(workdir, devices, *extra):
 
 
 def metric_lines(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    """The evaluation records without their wall-clock times."""
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in records]
 
 
 def final_params(workdir):
@@ -48,16 +53,29 @@ def results(workdir):
     return record
 
 
-def test_two_processes_equal_one_process_with_all_devices(tmp_path):
+def unlabeled_bytes(log: str) -> int:
+    return int(re.search(r"unlabeled images \(\w+\): (\d+) bytes on this process", log)[1])
+
+
+@pytest.mark.parametrize("placement", ["replicated", "sharded"])
+def test_two_processes_equal_one_process_with_all_devices(tmp_path, placement):
     port = free_port()
     two = tmp_path / "two"
-    procs = [launch(two, 2, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                    f"--process_id={i}") for i in range(2)]
+    placed = f"--config.unlabeled_placement={placement}"
+    procs = [launch(two, 2, placed, f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2", f"--process_id={i}") for i in range(2)]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
     one = tmp_path / "one"
-    single = launch(one, 4)
-    assert single.wait(timeout=300) == 0, single.stderr.read()[-2000:]
+    single = launch(one, 4, placed)
+    log = single.communicate(timeout=300)[1]
+    assert single.returncode == 0, log[-2000:]
+    # digits with 50 labels: 1,047 unlabeled 8x8x1 uint8 images (1,044 when sharded
+    # over 4 devices). Replicated: every device holds the pool; sharded: a quarter each.
+    pool = 1047 * 64
+    per_device = {"replicated": pool, "sharded": 1044 * 64 // 4}[placement]
+    assert unlabeled_bytes(log) == 4 * per_device
+    assert [unlabeled_bytes(e) for e in errors] == [2 * per_device] * 2
     assert results(two) == results(one)
     # Cross-process collectives sum in another order: equal up to float32 rounding.
     for a, b in zip(metric_lines(two), metric_lines(one), strict=True):
