@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.compute_dtype = "float32"        # float32 | bfloat16: convs and matmuls (params stay float32)
     c.parallel = "shard_map"           # shard_map | pmap
     c.sync_batch_norm = True           # BatchNorm statistics over all devices
-    c.unlabeled_placement = "replicated"  # replicated | sharded over devices (data/sampler.py)
+    c.unlabeled_placement = "replicated"  # replicated | sharded over devices | host (data/)
     set_baseline_recipes(c, steps_per_epoch=1, num_train_images=1, mixmatch_weight=75.0)
     return c
 

@@ -96,6 +96,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.log_assumption_ratio and config.algorithm != "meta_semi":
         raise _fail(config, "log_assumption_ratio", "Assumption 1 is about L_meta: it needs "
                     "config.algorithm='meta_semi'")
+    if config.log_assumption_ratio and config.unlabeled_placement == "host":
+        raise _fail(config, "log_assumption_ratio", "its random batches are drawn from the "
+                    "unlabeled pool on the devices: it needs config.unlabeled_placement "
+                    "'replicated' or 'sharded'")
     for field in DIVISIBLE_BY_DEVICES:
         if config[field] % num_devices:
             raise _fail(config, field,

@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "batch"
 PARALLEL_MODES: tuple[str, ...] = ("shard_map", "pmap")
-PLACEMENTS: tuple[str, ...] = ("replicated", "sharded")
+PLACEMENTS: tuple[str, ...] = ("replicated", "sharded", "host")
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -52,17 +52,26 @@ def config_batch(data: DeviceData, key: jax.Array, step: jax.Array,
                         unlabeled_batch_size=config.unlabeled_batch_size,
                         translate=config.translate, flip=config.flip,
                         pad_mode=config.pad_mode,
-                        unlabeled_sharded=config.unlabeled_placement == "sharded",
+                        unlabeled_placement=config.unlabeled_placement,
                         unlabeled_views=unlabeled_views, axis_name=AXIS)
+
+
+def step_keys(key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """From the run's ``key``: the data key (the same at every step: the sampler folds
+    the epoch into its permutations and the step into its augmentations, so each pool
+    is read once per epoch) and the key of the update of the step that starts at
+    ``step``. A resumed run repeats both."""
+    k_data, k_update = jax.random.split(key)
+    return k_data, jax.random.fold_in(k_update, step)
 
 
 def device_train_step(state: TrainState, data: DeviceData, key: jax.Array, *,
                       config: ml_collections.ConfigDict,
                       hparams: HParams) -> tuple[TrainState, dict[str, jax.Array]]:
     """The per-device program step over ``AXIS``: draw and augment this device's share
-    of the batch on the device, then ``train_step``. ``key`` is the run's key; the
-    step's randomness is ``fold_in(key, step)``, so a resumed run repeats it."""
-    k_data, k_step = jax.random.split(jax.random.fold_in(key, state.step))
+    of the batch on the device, then ``train_step``. ``key`` is the run's key
+    (``step_keys``)."""
+    k_data, k_step = step_keys(key, state.step)
     batch = config_batch(data, k_data, state.step, config, hparams.unlabeled_views)
     return train_step(state, batch, k_step, hparams, config.algorithm, axis_name=AXIS)
 

@@ -28,6 +28,7 @@ from jax import lax
 from meta_semi_jax import __version__, checkpoint, config_check, data as data_lib
 from meta_semi_jax.algorithms import TWO_VIEW_ALGORITHMS, HParams
 from meta_semi_jax.augment import normalize
+from meta_semi_jax.data.host_stream import HostStream
 from meta_semi_jax.data.sampler import DeviceData
 from meta_semi_jax.logs import RunLog
 from meta_semi_jax.models import create_model
@@ -180,22 +181,26 @@ class Training(NamedTuple):
     val_eval: Evaluator
     test_eval: Evaluator
     ratio_fn: Callable[..., dict[str, jax.Array]] | None  # Assumption 1, when logged
+    stream: HostStream | None  # the unlabeled pool in host memory ('host' placement)
 
 
-def place_data(dp: DataParallel, ssl: data_lib.SSLData, unlabeled_kind: str) -> DeviceData:
+def place_data(dp: DataParallel, ssl: data_lib.SSLData, unlabeled_kind: str,
+               stream: HostStream | None = None) -> DeviceData:
     """Training pools on the devices: the labeled pool replicated, the unlabeled pool
-    (with its hidden labels, for diagnostics only) replicated or sharded (then cut to a
-    multiple of the device count, dropping at most D - 1 images at its end)."""
+    (with its hidden labels, for diagnostics only) replicated, sharded (then cut to a
+    multiple of the device count, dropping at most D - 1 images at its end), or, with
+    ``stream``, only the first step's unlabeled batch."""
     unlabeled = (ssl.unlabeled_images, ssl.unlabeled_labels)
     if unlabeled_kind == "sharded":
         keep = len(ssl.unlabeled_labels) - len(ssl.unlabeled_labels) % dp.num_devices
         unlabeled = dp.shard(jax.tree.map(lambda x: x[:keep], unlabeled))
-    else:
+    elif unlabeled_kind == "replicated":
         unlabeled = dp.replicate(unlabeled)
-    return DeviceData(labeled_images=dp.replicate(ssl.labeled_images),
+    data = DeviceData(labeled_images=dp.replicate(ssl.labeled_images),
                       labeled_labels=dp.replicate(ssl.labeled_labels),
                       unlabeled_images=unlabeled[0], unlabeled_labels=unlabeled[1],
                       mean=dp.replicate(ssl.mean), std=dp.replicate(ssl.std))
+    return data if stream is None else stream.with_batch(data, 0)
 
 
 def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> Training:
@@ -212,7 +217,7 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
         state = state.replace(float32_apply_fn=create_model(
             config.model, ssl.num_classes, axis_name=axis_name).apply)
     hparams = hparams_from_config(config, ssl.num_classes)
-    unlabeled_kind = config.unlabeled_placement
+    unlabeled_kind = "replicated" if config.unlabeled_placement == "replicated" else "sharded"
     data_kinds = DeviceData(labeled_images="replicated", labeled_labels="replicated",
                             unlabeled_images=unlabeled_kind, unlabeled_labels=unlabeled_kind,
                             mean="replicated", std="replicated")
@@ -223,9 +228,14 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
         ratio_fn = dp.run(functools.partial(
             device_assumption_ratio, config=config, hparams=hparams,
             num_samples=config.assumption_ratio_samples), ("replicated", data_kinds, "replicated"))
+    stream = None
+    if config.unlabeled_placement == "host":
+        stream = HostStream(dp, ssl.unlabeled_images, ssl.unlabeled_labels, run_key,
+                            config.unlabeled_batch_size)
     return Training(
-        ratio_fn=ratio_fn,
-        dp=dp, step_fn=step_fn, state=dp.replicate(state), data=place_data(dp, ssl, unlabeled_kind),
+        ratio_fn=ratio_fn, stream=stream,
+        dp=dp, step_fn=step_fn, state=dp.replicate(state),
+        data=place_data(dp, ssl, config.unlabeled_placement, stream),
         run_key=dp.replicate(run_key),
         val_eval=Evaluator(dp, ssl.val_images, ssl.val_labels, ssl.mean, ssl.std,
                            config.eval_batch_size),
@@ -348,7 +358,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
     """The training loop with its evaluations and checkpoints; writes metrics.jsonl and,
     at the end, results.json."""
     (dp, step_fn, state, device_data, run_key, val_eval, test_eval,
-     ratio_fn) = build_training(config, ssl)
+     ratio_fn, stream) = build_training(config, ssl)
     loop = {"step": 0, "best": {"val_accuracy": -1.0, "step": 0, "test_accuracy": None},
             "val_accuracy": None, "wall_seconds": 0.0, "config": checkpoint.fixed_fields(config)}
     try:
@@ -381,6 +391,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
 
     first_step = loop["step"] + 1
     for step in range(first_step, config.num_train_steps + 1):
+        if stream is not None:  # the batch of the step that starts at state.step
+            device_data = stream.with_batch(device_data, step - 1)
         state, metrics = step_fn(state, device_data, run_key)
         last = step == config.num_train_steps
         if step == first_step:

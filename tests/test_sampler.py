@@ -126,8 +126,9 @@ def test_sample_batch_is_deterministic_in_key_and_step():
 
 
 def test_sharded_unlabeled_pool_is_read_once_per_epoch_by_every_device():
-    """unlabeled_sharded over 4 devices: device d holds rows [5d, 5d + 5) of the pool and,
-    over 5 steps of 2 images each, draws each of its rows exactly twice (two epochs)."""
+    """unlabeled_placement='sharded' over 4 devices: device d holds rows [5d, 5d + 5) of
+    the pool and, over 5 steps of 2 images each, draws each of its rows exactly twice
+    (two epochs)."""
     from jax.sharding import PartitionSpec as P
     from meta_semi_jax.parallel import AXIS, make_mesh
 
@@ -139,7 +140,7 @@ def test_sharded_unlabeled_pool_is_read_once_per_epoch_by_every_device():
     def draw(data, step):
         batch = sample_batch(data, jax.random.PRNGKey(3), step, labeled_batch_size=4,
                              unlabeled_batch_size=8, translate=0, flip=False,
-                             unlabeled_sharded=True, axis_name=AXIS)
+                             unlabeled_placement="sharded", axis_name=AXIS)
         return batch.unlabeled_images
 
     fn = jax.jit(jax.shard_map(draw, mesh=mesh, in_specs=(spec, P()), out_specs=P(AXIS),

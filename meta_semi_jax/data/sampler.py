@@ -11,9 +11,13 @@ device taking its contiguous slice. The unlabeled pool is either replicated too 
 same global stream: results do not depend on the device count) or sharded, each
 device holding ``1/D`` of it and reading its own shard once per epoch (memory per
 device shrinks with D, as STL-10's 100,000 96x96 images need; each host then holds
-only its devices' shards).
+only its devices' shards). Where the pool fits in no device memory it stays in host
+memory (``host_stream.py``): the host gathers each step's unlabeled batch, with the
+indices the replicated pool would use, and copies it to the devices ahead of use.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import flax.struct
 import jax
@@ -56,22 +60,38 @@ def epoch_shuffled_indices(key: jax.Array, step: jax.Array, batch_size: int,
     return jnp.where(epochs == first, this_epoch[within], next_epoch[within])
 
 
+class BatchKeys(NamedTuple):
+    """The keys of one step's sampling: which images, and how each is augmented."""
+    labeled: jax.Array
+    unlabeled: jax.Array
+    labeled_augment: jax.Array
+    unlabeled_augment: jax.Array
+
+
+def batch_keys(key: jax.Array) -> BatchKeys:
+    return BatchKeys(*jax.random.split(key, 4))
+
+
 def sample_batch(data: DeviceData, key: jax.Array, step: jax.Array, *,
                  labeled_batch_size: int, unlabeled_batch_size: int, translate: int,
-                 flip: bool, pad_mode: str = "zero", unlabeled_sharded: bool = False,
+                 flip: bool, pad_mode: str = "zero", unlabeled_placement: str = "replicated",
                  unlabeled_views: int = 1, axis_name: str | None = None) -> SSLBatch:
     """This device's share of the step's global batch, normalised and augmented.
 
-    Batch sizes are global; each device takes ``size / num_devices`` examples. With
-    ``unlabeled_sharded`` ``data.unlabeled_images`` is this device's shard of the pool.
+    Batch sizes are global; each device takes ``size / num_devices`` examples.
+    ``unlabeled_placement`` says what ``data.unlabeled_images`` holds: the pool
+    (``replicated``), this device's shard of the pool (``sharded``), or this device's
+    share of the step's unlabeled batch, gathered by the host (``host``).
     ``unlabeled_views > 1`` adds further independent augmentations of the same
     unlabeled images (``SSLBatch.extra_unlabeled_views``); the first view is the same
     for any number of views.
     """
-    k_lab, k_unl, k_aug_lab, k_aug_unl = jax.random.split(key, 4)
+    k_lab, k_unl, k_aug_lab, k_aug_unl = batch_keys(key)
     lab_idx = local_shard(epoch_shuffled_indices(
         k_lab, step, labeled_batch_size, data.labeled_images.shape[0]), axis_name)
-    if unlabeled_sharded:
+    if unlabeled_placement == "host":
+        unl_idx = jnp.arange(data.unlabeled_images.shape[0])
+    elif unlabeled_placement == "sharded":
         unl_idx = epoch_shuffled_indices(
             jax.random.fold_in(k_unl, axis_index(axis_name)), step,
             unlabeled_batch_size // axis_size(axis_name), data.unlabeled_images.shape[0])
