@@ -82,7 +82,7 @@ def error_table(cells: Sequence[tables.Cell], runs: Runs, with_ranks: bool) -> l
     rows = list(dict.fromkeys(c.method.row for c in cells))
     by_key = {(c.method.row, c.group): c for c in cells}
     ours = {key: [r["test_error"] for r in runs.results(c)] for key, c in by_key.items()}
-    header = ["method"] + [f"{g}: ours (seeds) | paper" for g in groups]
+    header = ["method"] + [f"{g}: {side}" for g in groups for side in ("ours (seeds)", "paper")]
     if with_ranks:
         header += ["rank ours", "rank paper"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -116,7 +116,7 @@ def time_budget_table(budget: tables.TimeBudget, cells: Sequence[tables.Cell],
     ref = next(c for c in cells if c.config == budget.config and c.method == budget.reference)
     others = [c for c in cells if c.config == budget.config and c is not ref]
     ref_times = [r["wall_seconds"] for r in runs.results(ref)]
-    header = ["method"] + [f"{h} h: ours | paper" for h in budget.hours]
+    header = ["method"] + [f"{h} h: {side}" for h in budget.hours for side in ("ours", "paper")]
     lines = [f"{budget.config}, 10000 labels; our times are the paper's fractions of the "
              f"mean full {budget.reference.row} run "
              f"({statistics.mean(ref_times) / 3600:.2f} h)" if ref_times else
@@ -237,9 +237,10 @@ def report(root: str, edition: str) -> str:
         title = "Figure 3" if table == "fig3" else f"Table {table}"
         out += [f"## {title}", ""] + error_table(cells, runs, digits and table != "fig3") + [""]
         written = [plot_beta(cells, runs, plots)] if table == "fig3" else []
+        prefix = "fig3" if table == "fig3" else f"table{table}"
         for group in dict.fromkeys(c.group for c in cells):
             written += plot_group([c for c in cells if c.group == group], runs, plots,
-                                  f"table{table}_{group}")
+                                  f"{prefix}_{group}")
         out += [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})"
                 for p in written if p] + [""]
         missing = [c.run_name for c in cells if not runs.seed_dirs(c)]
