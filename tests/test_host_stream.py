@@ -21,7 +21,7 @@ def digits_config(placement: str):
     spec.loader.exec_module(module)
     config = module.get_config("50")
     config.unlabeled_placement = placement
-    config.num_train_steps, config.eval_every_steps, config.log_every_steps = 24, 12, 12
+    config.num_train_steps, config.eval_every_steps, config.log_every_steps = 12, 6, 6
     return config
 
 
@@ -54,14 +54,14 @@ def without_time(results: dict) -> dict:
 
 def test_host_stream_trains_exactly_as_the_pool_on_the_devices(tmp_path):
     """Same indices, same augmentation keys, same step: the same run, also when it
-    resumes from a checkpoint (here: the run's step-12 checkpoint, the later one gone)."""
+    resumes from a checkpoint (here: the run's step-6 checkpoint, the later one gone)."""
     device, host = tmp_path / "device", tmp_path / "host"
     on_device = without_time(train.train_and_evaluate(digits_config("replicated"), str(device)))
     config = digits_config("host")
-    config.checkpoint_every_steps = 12
+    config.checkpoint_every_steps = 6
     assert without_time(train.train_and_evaluate(config, str(host))) == on_device
     assert records(host) == records(device)
-    shutil.rmtree(host / "checkpoints" / "24")
+    shutil.rmtree(host / "checkpoints" / "12")
     (host / "results.json").unlink()
     assert without_time(train.train_and_evaluate(config, str(host))) == on_device
     assert records(host) == records(device)

@@ -57,7 +57,8 @@ def unlabeled_bytes(log: str) -> int:
     return int(re.search(r"unlabeled images \(\w+\): (\d+) bytes on this process", log)[1])
 
 
-@pytest.mark.parametrize("placement", ["replicated", "sharded"])
+@pytest.mark.parametrize("placement", [
+    "replicated", pytest.param("sharded", marks=pytest.mark.slow)])
 def test_two_processes_equal_one_process_with_all_devices(tmp_path, placement):
     port = free_port()
     two = tmp_path / "two"

@@ -112,9 +112,9 @@ def test_unrolled_meta_gradient_is_device_count_invariant_too():
     assert_states_close(jvp_state, one_state)
 
 
-# The default run covers MixMatch's own global mixing, Learning to Reweight's globally
-# normalised weights and the two-view teacher; the others are in `pytest -m slow`.
-FAST = ("mixmatch", "l2rw", "mean_teacher")
+# The default run covers MixMatch's own global mixing and Learning to Reweight's globally
+# normalised weights; the others are in `pytest -m slow`.
+FAST = ("mixmatch", "l2rw")
 
 
 @pytest.mark.parametrize("algorithm", [
