@@ -86,6 +86,12 @@ def error_table(cells: Sequence[tables.Cell], runs: Runs, with_ranks: bool) -> l
     if with_ranks:
         header += ["rank ours", "rank paper"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    if with_ranks:
+        g = groups[0]
+        our_ranks = ranks({r: statistics.mean(ours[(r, g)]) if ours.get((r, g)) else None
+                           for r in rows})
+        paper_ranks = ranks({r: paper_mean(by_key[(r, g)].paper) if (r, g) in by_key else None
+                             for r in rows})
     for row in rows:
         cols = [row]
         for g in groups:
@@ -94,11 +100,7 @@ def error_table(cells: Sequence[tables.Cell], runs: Runs, with_ranks: bool) -> l
             mine = f"{mean_std(errors)} ({len(errors)})" if errors else "-"
             cols.append(f"{mine} | {cell.paper if cell and cell.paper else '-'}")
         if with_ranks:
-            g = groups[0]
-            cols += [ranks({r: statistics.mean(ours[(r, g)]) if ours.get((r, g)) else None
-                            for r in rows})[row],
-                     ranks({r: paper_mean(by_key[(r, g)].paper) if (r, g) in by_key else None
-                            for r in rows})[row]]
+            cols += [our_ranks[row], paper_ranks[row]]
         lines.append("| " + " | ".join(cols) + " |")
     return lines
 
@@ -125,11 +127,12 @@ def time_budget_table(budget: tables.TimeBudget, cells: Sequence[tables.Cell],
     for cell in [ref] + others:
         cols = [cell.method.row]
         paper = budget.paper.get(cell.method.row, ("-",) * len(budget.hours))
+        curves = runs.curves(cell)
         for hours, value in zip(budget.hours, paper):
             errors = []
             if ref_times:
                 seconds = statistics.mean(ref_times) * hours / budget.hours[-1]
-                errors = [e for e in (error_at_time(c, seconds) for c in runs.curves(cell))
+                errors = [e for e in (error_at_time(c, seconds) for c in curves)
                           if e is not None]
             cols.append(f"{statistics.mean(errors):.2f} | {value}" if errors else f"- | {value}")
         lines.append("| " + " | ".join(cols) + " |")

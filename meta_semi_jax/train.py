@@ -191,16 +191,17 @@ def place_data(dp: DataParallel, ssl: data_lib.SSLData, unlabeled_kind: str,
     multiple of the device count, dropping at most D - 1 images at its end), or, with
     ``stream``, only the first step's unlabeled batch."""
     unlabeled = (ssl.unlabeled_images, ssl.unlabeled_labels)
-    if unlabeled_kind == "sharded":
+    if stream is not None:
+        unlabeled = stream.batch(0)
+    elif unlabeled_kind == "sharded":
         keep = len(ssl.unlabeled_labels) - len(ssl.unlabeled_labels) % dp.num_devices
         unlabeled = dp.shard(jax.tree.map(lambda x: x[:keep], unlabeled))
-    elif unlabeled_kind == "replicated":
+    else:
         unlabeled = dp.replicate(unlabeled)
-    data = DeviceData(labeled_images=dp.replicate(ssl.labeled_images),
+    return DeviceData(labeled_images=dp.replicate(ssl.labeled_images),
                       labeled_labels=dp.replicate(ssl.labeled_labels),
                       unlabeled_images=unlabeled[0], unlabeled_labels=unlabeled[1],
                       mean=dp.replicate(ssl.mean), std=dp.replicate(ssl.std))
-    return data if stream is None else stream.with_batch(data, 0)
 
 
 def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> Training:

@@ -3,9 +3,6 @@
 value passes."""
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 
@@ -19,16 +16,13 @@ from meta_semi_jax.meta import META_GRAD_METHODS
 from meta_semi_jax.models import MODELS
 from meta_semi_jax.optim import LR_SCHEDULES, OPTIMIZERS
 from meta_semi_jax.parallel import PARALLEL_MODES
+from tests.run_files import load_config
 
-DIGITS_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
 NUM_CLASSES = 10
 
 
 def digits_config(num_labels: str = "50"):
-    spec = importlib.util.spec_from_file_location("digits_config_under_test", DIGITS_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(num_labels)
+    return load_config("digits", num_labels)
 
 
 def check_all(config, num_devices: int = 4) -> None:

@@ -2,32 +2,20 @@
 one step's batch, and training is the same as with the pool on the devices."""
 from __future__ import annotations
 
-import importlib.util
-import json
-import pathlib
 import shutil
 
 import numpy as np
 
 from meta_semi_jax import data as data_lib
 from meta_semi_jax import train
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.run_files import load_config, records_without_time, without_time
 
 
 def digits_config(placement: str):
-    spec = importlib.util.spec_from_file_location("digits", REPO / "configs" / "digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("50")
+    config = load_config("digits", "50")
     config.unlabeled_placement = placement
     config.num_train_steps, config.eval_every_steps, config.log_every_steps = 12, 6, 6
     return config
-
-
-def records(workdir: pathlib.Path) -> list[dict]:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in lines]
 
 
 def test_devices_hold_only_the_steps_unlabeled_batch():
@@ -48,10 +36,6 @@ def test_devices_hold_only_the_steps_unlabeled_batch():
     assert len(np.unique(drawn[:len(ssl.unlabeled_images)])) == len(ssl.unlabeled_images)
 
 
-def without_time(results: dict) -> dict:
-    return {k: v for k, v in results.items() if k != "wall_seconds"}
-
-
 def test_host_stream_trains_exactly_as_the_pool_on_the_devices(tmp_path):
     """Same indices, same augmentation keys, same step: the same run, also when it
     resumes from a checkpoint (here: the run's step-6 checkpoint, the later one gone)."""
@@ -60,8 +44,8 @@ def test_host_stream_trains_exactly_as_the_pool_on_the_devices(tmp_path):
     config = digits_config("host")
     config.checkpoint_every_steps = 6
     assert without_time(train.train_and_evaluate(config, str(host))) == on_device
-    assert records(host) == records(device)
+    assert records_without_time(host) == records_without_time(device)
     shutil.rmtree(host / "checkpoints" / "12")
     (host / "results.json").unlink()
     assert without_time(train.train_and_evaluate(config, str(host))) == on_device
-    assert records(host) == records(device)
+    assert records_without_time(host) == records_without_time(device)

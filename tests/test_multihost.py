@@ -15,6 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tests.run_files import records_without_time, results_without_time
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN = ("--config=configs/digits.py:50", "--config.num_train_steps=20",
        "--config.eval_every_steps=10", "--config.log_every_steps=10")
@@ -34,23 +36,11 @@ def launch(workdir, devices, *extra):
                             stderr=subprocess.PIPE, text=True)
 
 
-def metric_lines(workdir):
-    """The evaluation records without their wall-clock times."""
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in records]
-
-
 def final_params(workdir):
     manager = ocp.CheckpointManager(workdir / "checkpoints")
     restored = manager.restore(manager.latest_step(),
                                args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return ocp.tree.to_flat_dict(restored.state["params"])
-
-
-def results(workdir):
-    record = json.loads((workdir / "results.json").read_text())
-    del record["wall_seconds"]
-    return record
 
 
 def unlabeled_bytes(log: str) -> int:
@@ -77,9 +67,9 @@ def test_two_processes_equal_one_process_with_all_devices(tmp_path, placement):
     per_device = {"replicated": pool, "sharded": 1044 * 64 // 4}[placement]
     assert unlabeled_bytes(log) == 4 * per_device
     assert [unlabeled_bytes(e) for e in errors] == [2 * per_device] * 2
-    assert results(two) == results(one)
+    assert results_without_time(two) == results_without_time(one)
     # Cross-process collectives sum in another order: equal up to float32 rounding.
-    for a, b in zip(metric_lines(two), metric_lines(one), strict=True):
+    for a, b in zip(records_without_time(two), records_without_time(one), strict=True):
         assert a.keys() == b.keys()
         np.testing.assert_allclose([a[k] for k in a], [b[k] for k in b], rtol=1e-5)
     params_two, params_one = final_params(two), final_params(one)

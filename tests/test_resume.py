@@ -15,6 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tests.run_files import records_without_time, results_without_time
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN = ("--config=configs/digits.py:50", "--config.num_train_steps=90",
        "--config.eval_every_steps=15", "--config.checkpoint_every_steps=30",
@@ -55,21 +57,6 @@ def final_params(workdir):
     step = manager.latest_step()
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return step, restored.state
-
-
-def results_without_time(workdir):
-    results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
-    del results["wall_seconds"]
-    return results
-
-
-def records_without_time(workdir):
-    """metrics.jsonl's records without their wall-clock times."""
-    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    for record in records:
-        del record["wall_seconds"]
-    return records
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ the code a real run uses.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
 
@@ -21,16 +20,9 @@ from meta_semi_jax import data as data_lib
 from meta_semi_jax import train
 from meta_semi_jax.config_check import ConfigError
 from meta_semi_jax.data import DataError, stl10_folds
+from tests.run_files import load_config
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 MOCK_EXAMPLES = 2000
-
-
-def load_config(name: str, arg: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def scaled_config(name: str, num_labels: int, num_validation: int, tmp_path, split_seed=0):

@@ -49,8 +49,13 @@ class HostStream:
             return np.asarray(unlabeled_batch_indices(
                 self._run_key, np.int32(step), self._batch_size, len(self._labels)))
 
+    def batch(self, step: int) -> tuple[jax.Array, jax.Array]:
+        """The unlabeled images and hidden labels of the step that starts at ``step``,
+        split over the devices."""
+        rows = self.indices(step)
+        return self._dp.shard((self._images[rows], self._labels[rows]))
+
     def with_batch(self, data: DeviceData, step: int) -> DeviceData:
         """``data`` holding the unlabeled batch of the step that starts at ``step``."""
-        rows = self.indices(step)
-        images, labels = self._dp.shard((self._images[rows], self._labels[rows]))
+        images, labels = self.batch(step)
         return data.replace(unlabeled_images=images, unlabeled_labels=labels)
