@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from meta_semi_jax.config_base import (base_config, epochs_to_steps, label_count,
-                                       set_baseline_recipes)
+from meta_semi_jax.config_base import (
+    base_config,
+    epochs_to_steps,
+    label_count,
+    set_baseline_recipes,
+)
 
 
 def get_config(num_labels: str = "50") -> ml_collections.ConfigDict:

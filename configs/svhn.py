@@ -9,7 +9,8 @@ and MixMatch's SVHN lambda_u 250 for those algorithms (``config.<algorithm>``).
 Paper's test error, 500 / 1000 labels: Meta-Semi 4.12 / 3.92 %, Meta-Semi + ICT
 3.98 / 3.77 %, ICT 4.23 / 3.89 %, Mean Teacher 4.18 / 3.95 %, Pi-model 6.65 / 4.82 %.
 Expected time on one GPU: 1.6 times a CIFAR run (578,000 steps): about 20 h for ICT
-and 35 h for Meta-Semi (1.73 times by FLOP count, experiments/PERF.md) on a Titan Xp, scaling Table 4's 12.6 h.
+and 35 h for Meta-Semi (1.73 times by FLOP count, experiments/PERF.md) on a Titan Xp,
+scaling Table 4's 12.6 h.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ import collections
 import json
 import os
 import statistics
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -128,7 +129,7 @@ def time_budget_table(budget: tables.TimeBudget, cells: Sequence[tables.Cell],
         cols = [cell.method.row]
         paper = budget.paper.get(cell.method.row, ("-",) * len(budget.hours))
         curves = runs.curves(cell)
-        for hours, value in zip(budget.hours, paper):
+        for hours, value in zip(budget.hours, paper, strict=True):
             errors = []
             if ref_times:
                 seconds = statistics.mean(ref_times) * hours / budget.hours[-1]
@@ -210,7 +211,7 @@ def plot_beta(cells: Sequence[tables.Cell], runs: Runs, plots: str) -> str | Non
     if not lines:
         return None
     for label, points in lines.items():
-        plt.plot(*zip(*sorted(points)), marker="o", label=label)
+        plt.plot(*zip(*sorted(points), strict=True), marker="o", label=label)
     plt.xscale("log")
     path = os.path.join(plots, "fig3_beta_sensitivity.png")
     save_plot(path, f"test error vs MixUp's beta (ICT: alpha), {cells[0].group}",

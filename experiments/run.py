@@ -19,7 +19,8 @@ import concurrent.futures
 import os
 import subprocess
 import sys
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from absl import app, flags
 
@@ -99,7 +100,7 @@ def main(argv: Sequence[str]) -> None:
         return
     failed = []
     with concurrent.futures.ThreadPoolExecutor(max(1, FLAGS.jobs)) as pool:
-        for run, code in zip(todo, pool.map(execute, todo)):
+        for run, code in zip(todo, pool.map(execute, todo), strict=True):
             status = "done" if code == 0 else f"FAILED (exit {code})"
             print(f"{status}: {os.path.relpath(run.workdir, root)}", flush=True)
             if code:

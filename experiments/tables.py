@@ -69,7 +69,7 @@ class Cell:
         return os.path.join(root, self.run_name, f"seed_{seed}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_config(stem: str, labels: int) -> ml_collections.ConfigDict:
     """``configs/<stem>.py``'s config for ``labels`` labels."""
     return importlib.import_module(f"configs.{stem}").get_config(str(labels))
@@ -178,19 +178,19 @@ def paper_cells() -> list[Cell]:
     cells = []
     for rows, suffix in ((TABLE1_CNN13, ""), (TABLE1_WRN, "_wrn")):
         for method, values in rows.items():
-            for (config, labels), value in zip(TABLE1_COLUMNS, values):
+            for (config, labels), value in zip(TABLE1_COLUMNS, values, strict=True):
                 if value is not None or not suffix:
                     cells.append(Cell("1", method, config + suffix, labels, value))
     cells += [Cell("2", wrn(MIXMATCH), "stl10", 1000, "10.18 ± 1.46"),
               Cell("2", wrn(META_SEMI), "stl10", 1000, "8.03 ± 0.24")]
     cells += [Cell("3", method, "svhn", labels, value) for method, values in TABLE3.items()
-              for labels, value in zip((500, 1000), values)]
+              for labels, value in zip((500, 1000), values, strict=True)]
     for budget in TABLE4:
         meta = wrn(META_SEMI) if budget.config.endswith("_wrn") else META_SEMI
         cells += [Cell("4", budget.reference, budget.config, 10000),
                   Cell("4", meta, budget.config, 10000)]
     cells += [Cell("5", method, "cifar100", labels, value) for method, values in TABLE5.items()
-              for labels, value in zip((4000, 10000), values)]
+              for labels, value in zip((4000, 10000), values, strict=True)]
     cells += [Cell("fig3", method, "cifar100", 10000) for method in fig3_methods((10.0, 100.0))]
     return cells
 

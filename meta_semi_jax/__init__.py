@@ -11,10 +11,21 @@ from meta_semi_jax.algorithms.common import per_example_loss_fn, pseudo_labels
 from meta_semi_jax.augment import augment, normalize
 from meta_semi_jax.ema import ema_decay_at, ema_update
 from meta_semi_jax.losses import soft_cross_entropy
-from meta_semi_jax.meta import (labeled_gradient, meta_scores, meta_weights, scores_jvp,
-                                scores_per_example, unrolled_meta_gradient, weighted_loss)
-from meta_semi_jax.mixup import (mixup, mixup_labeled_and_unlabeled, mixup_with_shuffle,
-                                 sample_mixup_lambda)
+from meta_semi_jax.meta import (
+    labeled_gradient,
+    meta_scores,
+    meta_weights,
+    scores_jvp,
+    scores_per_example,
+    unrolled_meta_gradient,
+    weighted_loss,
+)
+from meta_semi_jax.mixup import (
+    mixup,
+    mixup_labeled_and_unlabeled,
+    mixup_with_shuffle,
+    sample_mixup_lambda,
+)
 from meta_semi_jax.state import TrainState, create_train_state
 from meta_semi_jax.step import apply_update, train_step
 

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 
-def normalize(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+def normalize(images: jax.Array, mean: jax.typing.ArrayLike,
+              std: jax.typing.ArrayLike) -> jax.Array:
     """Channel-wise ``(x - mean) / std`` of raw (integer) images, as float32."""
     return (images.astype(jnp.float32) - mean) / std
 

@@ -20,14 +20,14 @@ import dataclasses
 import json
 import statistics
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from meta_semi_jax import data as data_lib
-from meta_semi_jax import train
+from meta_semi_jax import data as data_lib, train
 from meta_semi_jax.config_base import base_config
 from meta_semi_jax.data.split import SplitIndices
 

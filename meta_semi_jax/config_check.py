@@ -5,7 +5,8 @@ value and what is allowed; ``main`` prints it and exits with status 2.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import ml_collections
 

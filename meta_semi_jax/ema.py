@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 
-def ema_decay_at(step: jax.Array, max_decay: float) -> jax.Array:
+def ema_decay_at(step: int | jax.Array, max_decay: float) -> jax.Array:
     """ICT's ramped decay ``min(1 - 1/(step + 1), max_decay)``: early EMA follows the model."""
     step = jnp.asarray(step, jnp.float32)
     return jnp.minimum(1.0 - 1.0 / (step + 1.0), max_decay)

@@ -10,6 +10,7 @@ import logging as std_logging
 import os
 import re
 import sys
+from typing import cast
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -122,7 +123,8 @@ def main(argv: list[str]) -> None:
         _exit_with("--coordinator_address needs --num_processes and --process_id")
     initialize_processes()
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        # --workdir is required (mark_flags_as_required): absl refuses None before main.
+        train.train_and_evaluate(_CONFIG.value, cast(str, _WORKDIR.value))
     except (ConfigError, DataError) as e:
         _exit_with(str(e))
     except train.Preempted as e:

@@ -30,7 +30,8 @@ batch.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal, cast
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +103,7 @@ def scores_per_example(loss_fn: LossFn, params: Params, g_x: Params,
     grads = jax.vmap(example_gradient)(unlabeled_batch)
     per_leaf = jax.tree.map(
         lambda g, d: jnp.tensordot(g, d, axes=d.ndim), grads, g_x)
-    return sum(jax.tree.leaves(per_leaf))
+    return cast(jax.Array, sum(jax.tree.leaves(per_leaf)))
 
 
 def unrolled_meta_gradient(loss_fn: LossFn, params: Params, labeled_batch: Batch,

@@ -7,7 +7,8 @@ both give the same per-device semantics: gradients of local sums, made global by
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -116,7 +117,7 @@ class DataParallel:
         return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
     def run(self, fn: Callable[..., Any], in_kinds: Sequence[Any],
-            donate_argnums: tuple[int, ...] = ()) -> Callable[..., Any]:
+            donate_argnums: tuple[int, ...] = ()) -> jax.stages.Wrapped:
         """Compiles ``fn`` (written against ``AXIS``) for this mode. ``in_kinds`` says for
         each argument ``"replicated"`` or ``"sharded"`` (or a pytree of those, per leaf);
         outputs must be replicated (reduced over ``AXIS`` inside ``fn``)."""

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 
-def sigmoid_rampup(step: jax.Array, rampup_steps: int) -> jax.Array:
+def sigmoid_rampup(step: int | jax.Array, rampup_steps: int) -> jax.Array:
     """``exp(-5 (1 - t/T)^2)`` for ``t < T``, then 1 (1 throughout when ``T = 0``)."""
     if rampup_steps <= 0:
         return jnp.float32(1.0)
@@ -17,7 +17,7 @@ def sigmoid_rampup(step: jax.Array, rampup_steps: int) -> jax.Array:
     return jnp.exp(-5.0 * phase * phase)
 
 
-def linear_rampup(step: jax.Array, rampup_steps: int) -> jax.Array:
+def linear_rampup(step: int | jax.Array, rampup_steps: int) -> jax.Array:
     """``min(t / T, 1)`` (1 throughout when ``T = 0``)."""
     if rampup_steps <= 0:
         return jnp.float32(1.0)

@@ -44,7 +44,7 @@ def train_step(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HPar
 ASSUMPTION_STREAM = 0x5EED  # separates the ratio's random batches from the training ones
 
 
-def config_batch(data: DeviceData, key: jax.Array, step: jax.Array,
+def config_batch(data: DeviceData, key: jax.Array, step: int | jax.Array,
                  config: ml_collections.ConfigDict, unlabeled_views: int = 1) -> SSLBatch:
     """This device's batch for ``step``, drawn and augmented as ``config`` says, with
     ``unlabeled_views`` augmentations of each unlabeled image."""
@@ -56,7 +56,7 @@ def config_batch(data: DeviceData, key: jax.Array, step: jax.Array,
                         unlabeled_views=unlabeled_views, axis_name=AXIS)
 
 
-def step_keys(key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+def step_keys(key: jax.Array, step: int | jax.Array) -> tuple[jax.Array, jax.Array]:
     """From the run's ``key``: the data key (the same at every step: the sampler folds
     the epoch into its permutations and the step into its augmentations, so each pool
     is read once per epoch) and the key of the update of the step that starts at

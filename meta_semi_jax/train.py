@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypedDict, cast
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +66,9 @@ def device_eval_counts(state: TrainState, images: jax.Array, labels: jax.Array,
         logits = state.apply_fn(variables, normalize(x, mean, std), train=False)
         return jnp.sum((jnp.argmax(logits, -1) == y) * m)
 
-    reshape = lambda a: a.reshape((-1, chunk_size) + a.shape[1:])
+    def reshape(a: jax.Array) -> jax.Array:
+        return a.reshape((-1, chunk_size) + a.shape[1:])
+
     correct = jnp.sum(lax.map(chunk_correct, (reshape(images), reshape(labels), reshape(mask))))
     return {"correct": lax.psum(correct, AXIS), "count": lax.psum(jnp.sum(mask), AXIS)}
 
@@ -154,7 +157,7 @@ class Progress:
     def restart(self, step: int) -> None:
         self._time, self._step = time.time(), step
 
-    def line(self, step: int, scalars: dict[str, float]) -> str:
+    def line(self, step: int, scalars: dict[str, float | None]) -> str:
         now = time.time()
         rate = (step - self._step) / max(now - self._time, 1e-9)
         self._time, self._step = now, step
@@ -174,7 +177,7 @@ def _host_metrics(metrics: dict[str, jax.Array], dp: DataParallel) -> dict[str, 
 class Training(NamedTuple):
     """Everything a run's loop needs, already on the devices."""
     dp: DataParallel
-    step_fn: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+    step_fn: jax.stages.Wrapped  # (state, data, run_key) -> (state, metrics)
     state: TrainState
     data: DeviceData
     run_key: jax.Array
@@ -190,14 +193,15 @@ def place_data(dp: DataParallel, ssl: data_lib.SSLData, unlabeled_kind: str,
     (with its hidden labels, for diagnostics only) replicated, sharded (then cut to a
     multiple of the device count, dropping at most D - 1 images at its end), or, with
     ``stream``, only the first step's unlabeled batch."""
-    unlabeled = (ssl.unlabeled_images, ssl.unlabeled_labels)
+    pool = (ssl.unlabeled_images, ssl.unlabeled_labels)
+    unlabeled: tuple[jax.Array, jax.Array]
     if stream is not None:
         unlabeled = stream.batch(0)
     elif unlabeled_kind == "sharded":
         keep = len(ssl.unlabeled_labels) - len(ssl.unlabeled_labels) % dp.num_devices
-        unlabeled = dp.shard(jax.tree.map(lambda x: x[:keep], unlabeled))
+        unlabeled = dp.shard(jax.tree.map(lambda x: x[:keep], pool))
     else:
-        unlabeled = dp.replicate(unlabeled)
+        unlabeled = dp.replicate(pool)
     return DeviceData(labeled_images=dp.replicate(ssl.labeled_images),
                       labeled_labels=dp.replicate(ssl.labeled_labels),
                       unlabeled_images=unlabeled[0], unlabeled_labels=unlabeled[1],
@@ -219,9 +223,11 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
             config.model, ssl.num_classes, axis_name=axis_name).apply)
     hparams = hparams_from_config(config, ssl.num_classes)
     unlabeled_kind = "replicated" if config.unlabeled_placement == "replicated" else "sharded"
-    data_kinds = DeviceData(labeled_images="replicated", labeled_labels="replicated",
-                            unlabeled_images=unlabeled_kind, unlabeled_labels=unlabeled_kind,
-                            mean="replicated", std="replicated")
+    # DeviceData's pytree with a placement kind (str) at each leaf: dp.run's in_kinds.
+    data_kinds = cast(Any, DeviceData)(
+        labeled_images="replicated", labeled_labels="replicated",
+        unlabeled_images=unlabeled_kind, unlabeled_labels=unlabeled_kind,
+        mean="replicated", std="replicated")
     step_fn = dp.run(functools.partial(device_train_step, config=config, hparams=hparams),
                      ("replicated", data_kinds, "replicated"), donate_argnums=(0,))
     ratio_fn = None
@@ -351,7 +357,24 @@ GUARDED_METRICS = ("loss", "labeled_loss")
 
 def _all_finite(scalars: dict[str, float | None]) -> bool:
     """Whether the training losses are finite (diagnostics may be undefined)."""
-    return all(np.isfinite(scalars[k]) for k in GUARDED_METRICS if k in scalars)
+    # _host_metrics never turns a guarded metric into None.
+    return all(np.isfinite(cast(float, scalars[k])) for k in GUARDED_METRICS if k in scalars)
+
+
+class BestEvaluation(TypedDict):
+    """The evaluation with the best validation accuracy so far."""
+    val_accuracy: float
+    step: int
+    test_accuracy: float | None  # None before the first evaluation
+
+
+class LoopRecord(TypedDict):
+    """The loop's bookkeeping, saved with each checkpoint and restored on resume."""
+    step: int
+    best: BestEvaluation
+    val_accuracy: float | None
+    wall_seconds: float
+    config: dict[str, Any]
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.SSLData,
@@ -360,8 +383,9 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
     at the end, results.json."""
     (dp, step_fn, state, device_data, run_key, val_eval, test_eval,
      ratio_fn, stream) = build_training(config, ssl)
-    loop = {"step": 0, "best": {"val_accuracy": -1.0, "step": 0, "test_accuracy": None},
-            "val_accuracy": None, "wall_seconds": 0.0, "config": checkpoint.fixed_fields(config)}
+    loop: LoopRecord = {
+        "step": 0, "best": {"val_accuracy": -1.0, "step": 0, "test_accuracy": None},
+        "val_accuracy": None, "wall_seconds": 0.0, "config": checkpoint.fixed_fields(config)}
     try:
         restored = checkpoint.restore_latest(manager, dp.unreplicate(state))
     except Exception as e:  # orbax raises many types for damaged files
@@ -372,9 +396,9 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
     if restored is not None:
         host_state, saved_loop = restored
         state = dp.replicate(host_state)
-        loop.update(step=saved_loop["step"], best=saved_loop["best"],
-                    val_accuracy=saved_loop["val_accuracy"],
-                    wall_seconds=saved_loop["wall_seconds"])
+        loop.update({"step": saved_loop["step"], "best": saved_loop["best"],
+                     "val_accuracy": saved_loop["val_accuracy"],
+                     "wall_seconds": saved_loop["wall_seconds"]})
         logging.info("resumed from the checkpoint at step %d", loop["step"])
     run_log = RunLog(workdir, last_step=loop["step"])
     logging.info("%s on %s with %d labels (split %s), %d unlabeled, %d devices (%s)",
@@ -387,7 +411,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
     earlier_seconds = loop["wall_seconds"]  # spent by the runs this one resumes
 
     def save_checkpoint(step: int) -> None:
-        loop.update(step=step, wall_seconds=earlier_seconds + time.time() - start)
+        loop.update({"step": step, "wall_seconds": earlier_seconds + time.time() - start})
         checkpoint.save(manager, step, dp.unreplicate(state), dict(loop))
 
     first_step = loop["step"] + 1
@@ -413,14 +437,14 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
                 logging.info("%s", progress.line(step, scalars))
                 run_log.scalars(step, scalars, "train")
         if step % config.eval_every_steps == 0 or last:
-            loop["val_accuracy"] = val_eval.accuracy(state)
+            loop["val_accuracy"] = val_accuracy = val_eval.accuracy(state)
             # The test error is logged for the learning curves only; nothing selects on it.
             record = {"step": step, "val_accuracy": loop["val_accuracy"],
                       "test_accuracy": test_eval.accuracy(state),
                       "wall_seconds": earlier_seconds + time.time() - start,
                       **_host_metrics(metrics, dp)}
-            if loop["val_accuracy"] > loop["best"]["val_accuracy"]:
-                loop["best"] = {"val_accuracy": loop["val_accuracy"], "step": step,
+            if val_accuracy > loop["best"]["val_accuracy"]:
+                loop["best"] = {"val_accuracy": val_accuracy, "step": step,
                                 "test_accuracy": record["test_accuracy"]}
             if ratio_fn is not None:
                 record.update(_host_metrics(ratio_fn(state, device_data, run_key), dp))
@@ -444,7 +468,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
         "test_accuracy": test_accuracy, "test_error": 100.0 - test_accuracy,
         "val_accuracy": loop["val_accuracy"],
         "best_val_accuracy": best["val_accuracy"], "best_val_step": best["step"],
-        "best_val_test_error": 100.0 - best["test_accuracy"],
+        # The last step evaluates, so the best evaluation has a test accuracy.
+        "best_val_test_error": 100.0 - cast(float, best["test_accuracy"]),
         "num_devices": dp.num_devices, "parallel": config.parallel,
         "wall_seconds": earlier_seconds + time.time() - start,
         "version": __version__,

@@ -5,8 +5,17 @@ evaluation. Each module's docstring says where its hyper-parameters come from.
 """
 from __future__ import annotations
 
-from meta_semi_jax.algorithms import (ict, l2rw, mean_teacher, meta_semi, meta_semi_ict,
-                                      mixmatch, pi_model, supervised, supervised_mixup)
+from meta_semi_jax.algorithms import (
+    ict,
+    l2rw,
+    mean_teacher,
+    meta_semi,
+    meta_semi_ict,
+    mixmatch,
+    pi_model,
+    supervised,
+    supervised_mixup,
+)
 from meta_semi_jax.algorithms.common import GradientFn, Gradients, HParams, SSLBatch
 
 ALGORITHMS: dict[str, GradientFn] = {

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from meta_semi_jax.losses import soft_cross_entropy, softmax_mse
+from meta_semi_jax.meta import MetaGradMethod
 from meta_semi_jax.mixup import Mixed, mixup_with_shuffle
 from meta_semi_jax.parallel import axis_size, gather_global, local_shard
 from meta_semi_jax.rampup import linear_rampup, sigmoid_rampup
@@ -62,7 +64,7 @@ class HParams:
     """
     num_classes: int
     beta: float = 1.0
-    meta_grad: str = "jvp"
+    meta_grad: MetaGradMethod = "jvp"
     teacher_bn_mode: str = "train"
     ema_decay: float = 0.999
     pseudo_label: str = "soft"

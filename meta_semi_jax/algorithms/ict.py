@@ -15,9 +15,18 @@ from typing import Any
 
 import jax
 
-from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, forward_train,
-                                             global_mean, gradients_of, mix_global, psum_if,
-                                             pseudo_labels, unlabeled_loss_weight)
+from meta_semi_jax.algorithms.common import (
+    Gradients,
+    HParams,
+    SSLBatch,
+    forward_train,
+    global_mean,
+    gradients_of,
+    mix_global,
+    pseudo_labels,
+    psum_if,
+    unlabeled_loss_weight,
+)
 from meta_semi_jax.losses import soft_cross_entropy, softmax_mse
 from meta_semi_jax.mixup import sample_mixup_lambda
 from meta_semi_jax.state import TrainState

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import jax
 
-from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch,
-                                             labeled_and_consistency_gradients,
-                                             pseudo_labels, unlabeled_loss_weight)
+from meta_semi_jax.algorithms.common import (
+    Gradients,
+    HParams,
+    SSLBatch,
+    labeled_and_consistency_gradients,
+    pseudo_labels,
+    unlabeled_loss_weight,
+)
 from meta_semi_jax.state import TrainState
 
 

@@ -15,20 +15,35 @@ Learning to Reweight baseline (``l2rw.py``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
 
-from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, forward_train,
-                                             per_example_loss_fn, pmean_if, psum_if,
-                                             pseudo_label_diagnostics, pseudo_labels)
+from meta_semi_jax.algorithms.common import (
+    Gradients,
+    HParams,
+    SSLBatch,
+    forward_train,
+    per_example_loss_fn,
+    pmean_if,
+    pseudo_label_diagnostics,
+    pseudo_labels,
+    psum_if,
+)
 from meta_semi_jax.losses import soft_cross_entropy
-from meta_semi_jax.meta import (l2rw_weights, labeled_gradient, linearized_scores,
-                                loss_coefficients, meta_scores, meta_weights,
-                                scores_per_example)
+from meta_semi_jax.meta import (
+    l2rw_weights,
+    labeled_gradient,
+    linearized_scores,
+    loss_coefficients,
+    meta_scores,
+    meta_weights,
+    scores_per_example,
+)
 from meta_semi_jax.mixup import Mixed, mixup_labeled_and_unlabeled
 from meta_semi_jax.parallel import gather_global, local_shard
 from meta_semi_jax.state import TrainState
@@ -67,7 +82,7 @@ def mixed_batches(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: H
     """
     one_hot = jax.nn.one_hot(batch.labels, hparams.num_classes)
     targets_u = pseudo_targets(state, batch.unlabeled_images, hparams)
-    global_inputs = gather_global(
+    global_inputs: tuple[jax.Array, jax.Array, jax.Array, jax.Array] = gather_global(
         (batch.labeled_images, one_hot, batch.unlabeled_images, targets_u), axis_name)
     mixed_x, mixed_u = local_shard(mixup_labeled_and_unlabeled(
         key, *global_inputs, hparams.beta, mix_labeled=hparams.mixup in ("both", "labeled"),
@@ -95,7 +110,7 @@ def labeled_direction(state: TrainState, mixed_x: Mixed,
     step, so this costs little."""
     loss_fn = per_example_loss_fn(state, float32=True)
     labeled_sum, g_x = jax.value_and_grad(
-        lambda params: jnp.sum(loss_fn(params, tuple(mixed_x))))(state.params)
+        lambda params: jnp.sum(loss_fn(params, (mixed_x.inputs, mixed_x.targets))))(state.params)
     return labeled_sum, psum_if(g_x, axis_name)
 
 

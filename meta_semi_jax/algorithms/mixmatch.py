@@ -19,9 +19,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, forward_train,
-                                             labeled_and_consistency_gradients,
-                                             unlabeled_loss_weight)
+from meta_semi_jax.algorithms.common import (
+    Gradients,
+    HParams,
+    SSLBatch,
+    forward_train,
+    labeled_and_consistency_gradients,
+    unlabeled_loss_weight,
+)
 from meta_semi_jax.mixup import Mixed, mixup_with_shuffle, sample_mixup_lambda
 from meta_semi_jax.parallel import gather_global, local_shard
 from meta_semi_jax.state import TrainState
@@ -58,7 +63,10 @@ def mixed_batch(key: jax.Array, labeled_images: jax.Array, one_hot_labels: jax.A
         (labeled_images, one_hot_labels, by_example, guess_targets), axis_name)
     k_lam, k_perm = jax.random.split(key)
     lam = sample_mixup_lambda(k_lam, alpha)
-    flat = lambda a: a.reshape((-1,) + a.shape[2:])
+
+    def flat(a: jax.Array) -> jax.Array:
+        return a.reshape((-1,) + a.shape[2:])
+
     mixed = mixup_with_shuffle(k_perm, jnp.concatenate([g_x, flat(g_u)]),
                                jnp.concatenate([g_y, flat(g_t)]), jnp.maximum(lam, 1.0 - lam))
     n_x = g_x.shape[0]

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import jax
 
-from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, forward_train,
-                                             labeled_and_consistency_gradients,
-                                             unlabeled_loss_weight)
+from meta_semi_jax.algorithms.common import (
+    Gradients,
+    HParams,
+    SSLBatch,
+    forward_train,
+    labeled_and_consistency_gradients,
+    unlabeled_loss_weight,
+)
 from meta_semi_jax.state import TrainState
 
 

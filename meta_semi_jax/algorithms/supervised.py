@@ -5,8 +5,14 @@ from typing import Any
 
 import jax
 
-from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, forward_train,
-                                             global_mean, gradients_of)
+from meta_semi_jax.algorithms.common import (
+    Gradients,
+    HParams,
+    SSLBatch,
+    forward_train,
+    global_mean,
+    gradients_of,
+)
 from meta_semi_jax.losses import soft_cross_entropy
 from meta_semi_jax.state import TrainState
 

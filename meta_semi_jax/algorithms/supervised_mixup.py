@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import jax
 
-from meta_semi_jax.algorithms.common import (Gradients, HParams, SSLBatch, gradients_of,
-                                             mix_global)
+from meta_semi_jax.algorithms.common import Gradients, HParams, SSLBatch, gradients_of, mix_global
 from meta_semi_jax.algorithms.supervised import labeled_objective
 from meta_semi_jax.mixup import sample_mixup_lambda
 from meta_semi_jax.state import TrainState

@@ -12,8 +12,7 @@ import ml_collections
 import numpy as np
 
 from meta_semi_jax.data import digits, stl10_folds, tfds_data
-from meta_semi_jax.data.split import (SplitIndices, fold_split, max_labels_per_class,
-                                      ssl_split)
+from meta_semi_jax.data.split import SplitIndices, fold_split, max_labels_per_class, ssl_split
 from meta_semi_jax.data.tfds_data import DataError
 
 BUILTIN_DATASETS: tuple[str, ...] = ("digits", *tfds_data.PAPER_SOURCES)

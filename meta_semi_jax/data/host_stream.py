@@ -58,4 +58,5 @@ class HostStream:
     def with_batch(self, data: DeviceData, step: int) -> DeviceData:
         """``data`` holding the unlabeled batch of the step that starts at ``step``."""
         images, labels = self.batch(step)
-        return data.replace(unlabeled_images=images, unlabeled_labels=labels)
+        return data.replace(  # type: ignore[attr-defined]  # flax: replace() is not in its stubs
+            unlabeled_images=images, unlabeled_labels=labels)

@@ -43,7 +43,7 @@ class DeviceData:
     unlabeled_labels: jax.Array | None = None
 
 
-def epoch_shuffled_indices(key: jax.Array, step: jax.Array, batch_size: int,
+def epoch_shuffled_indices(key: jax.Array, step: int | jax.Array, batch_size: int,
                            pool_size: int) -> jax.Array:
     """Indices of the ``step``-th batch when a pool is read in a new random order each epoch.
 
@@ -72,7 +72,7 @@ def batch_keys(key: jax.Array) -> BatchKeys:
     return BatchKeys(*jax.random.split(key, 4))
 
 
-def sample_batch(data: DeviceData, key: jax.Array, step: jax.Array, *,
+def sample_batch(data: DeviceData, key: jax.Array, step: int | jax.Array, *,
                  labeled_batch_size: int, unlabeled_batch_size: int, translate: int,
                  flip: bool, pad_mode: str = "zero", unlabeled_placement: str = "replicated",
                  unlabeled_views: int = 1, axis_name: str | None = None) -> SSLBatch:

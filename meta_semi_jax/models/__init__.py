@@ -6,7 +6,8 @@ float images, with a ``batch_stats`` collection that ``train=True`` updates.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
