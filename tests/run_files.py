@@ -1,20 +1,61 @@
-"""Helpers shared by the tests: a config file loaded as ``--config=FILE:ARG`` loads it,
-and what a run writes, read back without its wall-clock times for comparisons."""
+"""Helpers shared by the tests: the repository's root, the program started as a user
+starts it (``python -m ...`` in a subprocess, with a given number of simulated CPU
+devices), a config file loaded as ``--config=FILE:ARG`` loads it, and what a run
+writes, read back without its wall-clock times for comparisons."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import ml_collections
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The tests' end-to-end digits run: its compiled programs (a function of the config and
+# the device count, not of the seeds) are shared by every test that runs it, through the
+# session's compilation cache (``conftest.py``), so that most of its runs compile nothing.
+QUICK_RUN = ("--config=configs/digits.py:50", "--config.num_train_steps=90",
+             "--config.eval_every_steps=15", "--config.checkpoint_every_steps=30",
+             "--config.log_every_steps=15")
+QUICK_RUN_DEVICES = 2
+
+
+def program_environment(devices: int | None = None) -> dict[str, str]:
+    """This process's environment (with the session's compilation cache, see
+    ``conftest.py``) for a program with ``devices`` simulated CPU devices, or with
+    XLA's own default (one CPU device) when ``devices`` is None."""
+    flags = "" if devices is None else f"--xla_force_host_platform_device_count={devices}"
+    return dict(os.environ, XLA_FLAGS=flags, PYTHONPATH=str(REPO))
+
+
+def program_command(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def run_program(module: str, *args: str, devices: int | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs ``python -m module args...`` in the repository to its end."""
+    return subprocess.run(program_command(module, *args), cwd=REPO,
+                          env=program_environment(devices), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_program(module: str, *args: str, devices: int | None = None) -> subprocess.Popen:
+    """Starts ``python -m module args...``; its stderr is a pipe, its stdout discarded."""
+    return subprocess.Popen(program_command(module, *args), cwd=REPO,
+                            env=program_environment(devices), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def load_config(name: str, arg: str) -> ml_collections.ConfigDict:
     """A fresh ``configs/<name>.py`` config for ``arg`` (each call a new, mutable one)."""
     spec = importlib.util.spec_from_file_location(f"{name}_config_under_test",
                                                   REPO / "configs" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)

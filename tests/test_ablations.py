@@ -14,6 +14,9 @@ from meta_semi_jax.algorithms import HParams, SSLBatch, meta_semi
 from meta_semi_jax.state import create_train_state
 from meta_semi_jax.step import train_step
 
+# Its session-scoped fixture is computed once, on one worker.
+pytestmark = pytest.mark.xdist_group("test_ablations")
+
 C = 3
 
 
@@ -24,7 +27,7 @@ class ConvBN(nn.Module):
         return nn.Dense(C)(jnp.mean(nn.relu(x), axis=(1, 2)))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while the worker runs other files
 def problem():
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
     state = create_train_state(ConvBN(), optax.sgd(0.1), keys[0], jnp.zeros((1, 4, 4, 1)))
@@ -42,12 +45,13 @@ def batches(problem, **switches):
 
 
 def assert_same(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
 
 
 def assert_differ(a, b):
-    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    assert any(not np.array_equal(x, y) for x, y in pairs)
 
 
 def test_mixup_switches_turn_off_exactly_one_mixup(problem):

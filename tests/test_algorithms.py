@@ -7,7 +7,6 @@ Meta-Semi-type references get their weights from the literal unrolled meta-gradi
 """
 from __future__ import annotations
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,6 +18,9 @@ from meta_semi_jax import unrolled_meta_gradient
 from meta_semi_jax.algorithms import ALGORITHMS, HParams, SSLBatch
 from meta_semi_jax.rampup import linear_rampup, sigmoid_rampup
 from meta_semi_jax.state import create_train_state
+
+# Its session-scoped fixture is computed once, on one worker.
+pytestmark = pytest.mark.xdist_group("test_algorithms")
 
 C = 3          # classes
 N_L, N_U = 4, 6
@@ -51,7 +53,7 @@ def mix(key_lam, key_perm, alpha, x, y, max_lam=False):
     return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while the worker runs other files
 def problem():
     keys = jax.random.split(jax.random.PRNGKey(0), 6)
     state = create_train_state(Linear(), optax.sgd(0.1), keys[0], jnp.zeros((1, 2, 2, 1)))
@@ -69,7 +71,8 @@ def check(algorithm, hparams, problem, reference):
     result = ALGORITHMS[algorithm](state, batch, key, hparams, None)
     expected, expected_grads = jax.value_and_grad(reference)(state.params)
     np.testing.assert_allclose(result.metrics["loss"], expected, rtol=1e-5, atol=1e-6)
-    for got, want in zip(jax.tree.leaves(result.grads), jax.tree.leaves(expected_grads)):
+    for got, want in zip(jax.tree.leaves(result.grads), jax.tree.leaves(expected_grads),
+                         strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     return result
 
@@ -160,7 +163,8 @@ def meta_semi_reference(state, batch, key, beta, rule):
     u, t = mix(k_lam2, k_perm2, beta, jnp.concatenate([batch.labeled_images,
                                                        batch.unlabeled_images]),
                jnp.concatenate([one_hot, pseudo]))
-    loss_fn = lambda p, b: ce(f(p, b[0]), b[1])
+    def loss_fn(p, b):
+        return ce(f(p, b[0]), b[1])
     scores = -unrolled_meta_gradient(loss_fn, state.params, (x, y), (u, t))
     weights = rule(scores)
     return lambda p: jnp.sum(weights * ce(f(p, u), t)) / jnp.sum(jnp.abs(weights)), weights
@@ -181,7 +185,8 @@ def test_meta_semi_and_its_weight_ablations(problem, weights, rule):
 
 def test_l2rw(problem):
     state, batch, key = problem
-    rule = lambda s: jnp.maximum(s, 0) / jnp.sum(jnp.maximum(s, 0))
+    def rule(s):
+        return jnp.maximum(s, 0) / jnp.sum(jnp.maximum(s, 0))
     reference, weights = meta_semi_reference(state, batch, key, 0.5, rule)
     assert float(jnp.sum(weights)) == pytest.approx(1.0)
     check("l2rw", HParams(num_classes=C, beta=0.5), problem, reference)

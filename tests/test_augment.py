@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meta_semi_jax.augment import (augment, example_keys, flip_image, normalize,
-                                   translate_image)
+from meta_semi_jax.augment import augment, example_keys, flip_image, normalize, translate_image
 
 H = W = 9
 CENTER = 4
@@ -173,8 +172,8 @@ def test_translate_reflect_mode_fills_border_with_mirrored_pixels():
     lit = jax.jit(jax.vmap(lambda k: translate_image(k, _one_hot_image(channels=1), s)))
     out, lit = np.asarray(reflect(keys)), np.asarray(lit(keys))
     padded = np.pad(image, ((s, s), (s, s), (0, 0)), mode="reflect")
-    for o, l in zip(out, lit):
-        rows, cols = np.nonzero(l[..., 0])
+    for o, marker in zip(out, lit, strict=True):
+        rows, cols = np.nonzero(marker[..., 0])
         dy, dx = int(rows[0]) - CENTER, int(cols[0]) - CENTER
         np.testing.assert_array_equal(o, padded[s - dy:s - dy + H, s - dx:s - dx + W])
         assert np.all(o > 0)

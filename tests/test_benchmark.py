@@ -2,24 +2,19 @@
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.run_files import run_program
 
 
+# A process that compiles three full steps: in `pytest -m slow` (CI runs it).
+@pytest.mark.slow
 def test_benchmark_writes_a_row_per_algorithm(tmp_path):
     out = tmp_path / "bench.json"
-    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="")
-    proc = subprocess.run(
-        [sys.executable, "-m", "meta_semi_jax.benchmark", "--model=small_cnn", "--steps=2",
-         "--warmup=0", "--algorithms=meta_semi:jvp,meta_semi:unrolled@bfloat16,ict",
-         "--image_size=12", f"--json={out}"], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=300)
+    proc = run_program("meta_semi_jax.benchmark", "--model=small_cnn", "--steps=2",
+                       "--warmup=0", "--algorithms=meta_semi:jvp,meta_semi:unrolled@bfloat16,ict",
+                       "--image_size=12", f"--json={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [(r["algorithm"], r["meta_grad"], r["compute_dtype"]) for r in rows] == [

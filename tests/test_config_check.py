@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from meta_semi_jax import config_check
-from meta_semi_jax import data as data_lib
+from meta_semi_jax import config_check, data as data_lib
 from meta_semi_jax.algorithms import ALGORITHMS
 from meta_semi_jax.config_check import ConfigError, check_config
 from meta_semi_jax.data.digits import load_digits_arrays

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from experiments import report, run, tables
+from tests.run_files import QUICK_RUN_DEVICES, run_program
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+# Shares the quick run's compiled programs with test_main and test_resume.
+pytestmark = pytest.mark.xdist_group("quick_run")
 
 
 def test_every_paper_value_parses_and_table1_has_the_papers_cells():
@@ -88,20 +87,17 @@ def test_table4_reads_errors_at_the_papers_time_fractions(tmp_path):
 
 
 def test_runner_skips_finished_runs_and_the_report_has_numbers_and_plots(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="")
-    command = [sys.executable, "-m", "experiments.run", "--table=1", "--seeds=1",
-               f"--root={tmp_path}", "--dataset=digits", "--jobs=2",
-               "--cells=/supervised/,/meta_semi/", "--override=num_train_steps=40",
-               "--override=eval_every_steps=20", "--override=checkpoint_every_steps=40"]
-    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=600)
+    # The quick run's length and devices, so Meta-Semi's run compiles nothing new.
+    args = ("--table=1", "--seeds=1", f"--root={tmp_path}", "--dataset=digits", "--jobs=2",
+            "--cells=/supervised/,/meta_semi/", "--override=num_train_steps=90",
+            "--override=eval_every_steps=15", "--override=checkpoint_every_steps=30")
+    first = run_program("experiments.run", *args, devices=QUICK_RUN_DEVICES, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr[-3000:]
     assert "2 runs, 0 finished, 2 to run" in first.stdout
-    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=600)
+    again = run_program("experiments.run", *args, devices=QUICK_RUN_DEVICES, timeout=600)
     assert "2 runs, 2 finished, 0 to run" in again.stdout
     config = json.loads((tmp_path / "digits_50/meta_semi/seed_0/config.json").read_text())
-    assert config["num_train_steps"] == 40 and config["split_seed"] == 0
+    assert config["num_train_steps"] == 90 and config["split_seed"] == 0
     text = report.report(str(tmp_path), "digits")
     assert (tmp_path / "report.md").read_text() == text
     meta_row = next(line for line in text.splitlines() if line.startswith("| Meta-Semi |"))

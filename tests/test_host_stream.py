@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 
-from meta_semi_jax import data as data_lib
-from meta_semi_jax import train
+from meta_semi_jax import data as data_lib, train
 from tests.run_files import load_config, records_without_time, without_time
 
 
@@ -36,6 +36,7 @@ def test_devices_hold_only_the_steps_unlabeled_batch():
     assert len(np.unique(drawn[:len(ssl.unlabeled_images)])) == len(ssl.unlabeled_images)
 
 
+@pytest.mark.slow  # three runs, two programs of their own (CI runs it)
 def test_host_stream_trains_exactly_as_the_pool_on_the_devices(tmp_path):
     """Same indices, same augmentation keys, same step: the same run, also when it
     resumes from a checkpoint (here: the run's step-6 checkpoint, the later one gone)."""

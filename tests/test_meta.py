@@ -12,8 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meta_semi_jax import (meta_scores, meta_weights, soft_cross_entropy,
-                           unrolled_meta_gradient, weighted_loss)
+from meta_semi_jax import (
+    meta_scores,
+    meta_weights,
+    soft_cross_entropy,
+    unrolled_meta_gradient,
+    weighted_loss,
+)
 
 
 class TwoLayerNet(nn.Module):
@@ -130,7 +135,7 @@ def test_unrolled_scores_are_independent_of_steps_and_learning_rate():
 
 def test_meta_scores_jit_compiles_and_matches_eager():
     loss_fn, params, labeled, unlabeled = make_problem(batch_norm=True)
-    jitted = jax.jit(lambda p, l, u: meta_scores(loss_fn, p, l, u))
+    jitted = jax.jit(lambda p, x, u: meta_scores(loss_fn, p, x, u))
     np.testing.assert_allclose(jitted(params, labeled, unlabeled),
                                meta_scores(loss_fn, params, labeled, unlabeled), rtol=1e-12)
 

@@ -9,8 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meta_semi_jax.mixup import (mixup, mixup_labeled_and_unlabeled, mixup_with_shuffle,
-                                 sample_mixup_lambda)
+from meta_semi_jax.mixup import (
+    mixup,
+    mixup_labeled_and_unlabeled,
+    mixup_with_shuffle,
+    sample_mixup_lambda,
+)
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -146,7 +150,7 @@ def test_mixup_labeled_and_unlabeled_uses_separate_lambdas_and_is_deterministic(
     fn = _MIX_LU
     a = fn(jax.random.PRNGKey(7), x, y, u, q)
     b = fn(jax.random.PRNGKey(7), x, y, u, q)
-    for la, lb in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for la, lb in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(la, lb)
 
     def own_weight(mixed):

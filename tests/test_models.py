@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meta_semi_jax.models import MODELS, CNN13, SmallCNN, WideResNet, create_model
+from meta_semi_jax.models import CNN13, MODELS, SmallCNN, WideResNet, create_model
 
 NUM_CLASSES = 10
 

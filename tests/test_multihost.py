@@ -4,20 +4,15 @@ host then holds only its devices' shards)."""
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import re
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.run_files import records_without_time, results_without_time
+from tests.run_files import records_without_time, results_without_time, start_program
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN = ("--config=configs/digits.py:50", "--config.num_train_steps=20",
        "--config.eval_every_steps=10", "--config.log_every_steps=10")
 
@@ -29,11 +24,8 @@ def free_port() -> int:
 
 
 def launch(workdir, devices, *extra):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "meta_semi_jax.main", f"--workdir={workdir}",
-                             *RUN, *extra], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return start_program("meta_semi_jax.main", f"--workdir={workdir}", *RUN, *extra,
+                         devices=devices)
 
 
 def final_params(workdir):
@@ -47,8 +39,9 @@ def unlabeled_bytes(log: str) -> int:
     return int(re.search(r"unlabeled images \(\w+\): (\d+) bytes on this process", log)[1])
 
 
-@pytest.mark.parametrize("placement", [
-    "replicated", pytest.param("sharded", marks=pytest.mark.slow)])
+# Three processes, each compiling the step: in `pytest -m slow` (CI runs it).
+@pytest.mark.slow
+@pytest.mark.parametrize("placement", ["replicated", "sharded"])
 def test_two_processes_equal_one_process_with_all_devices(tmp_path, placement):
     port = free_port()
     two = tmp_path / "two"

@@ -38,9 +38,9 @@ def test_ema_update_on_pytree():
     for decay in (0.0, 0.3, 0.99, 1.0):
         out = jax.jit(ema_update)(ema, new, jnp.float32(decay))
         assert jax.tree.structure(out) == jax.tree.structure(ema)
-        expected = jax.tree.map(lambda e, n: decay * np.asarray(e) + (1 - decay) * np.asarray(n),
-                                ema, new)
-        for o, e in zip(jax.tree.leaves(out), jax.tree.leaves(expected)):
+        expected = jax.tree.map(
+            lambda e, n, d=decay: d * np.asarray(e) + (1 - d) * np.asarray(n), ema, new)
+        for o, e in zip(jax.tree.leaves(out), jax.tree.leaves(expected), strict=True):
             np.testing.assert_allclose(o, e, rtol=1e-6, atol=1e-6)
 
 
@@ -93,8 +93,9 @@ def test_sgd_matches_hand_computed_momentum_with_coupled_l2(nesterov):
         g2 = jax.tree.map(lambda gg, p: gg + wd * p, g, ref)
         buf = jax.tree.map(lambda b, gg: mu * b + gg, buf, g2)
         d = jax.tree.map(lambda gg, b: gg + mu * b, g2, buf) if nesterov else buf
-        ref = jax.tree.map(lambda p, dd: p - _cosine(lr, total, t) * dd, ref, d)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        rate = _cosine(lr, total, t)
+        ref = jax.tree.map(lambda p, dd, r=rate: p - r * dd, ref, d)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # and the update is not the plain-gradient one (momentum and L2 matter)
     plain = jax.tree.map(lambda p, g0, g1: np.asarray(p) - lr * np.asarray(g0)

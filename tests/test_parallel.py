@@ -22,6 +22,9 @@ from meta_semi_jax.data.sampler import DeviceData
 from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
 from meta_semi_jax.step import device_train_step
 
+# Its cached runs are computed once, on one worker.
+pytestmark = pytest.mark.xdist_group("test_parallel")
+
 
 class TinyConvNet(nn.Module):
     """Conv -> BatchNorm (synchronised over ``axis_name``) -> ReLU -> pool -> Dense."""
@@ -57,14 +60,22 @@ def make_run(meta_grad: str = "jvp", algorithm: str = "meta_semi"):
                       unlabeled_views=1 if algorithm in ONE_VIEW else 2)
     state = create_train_state(TinyConvNet(), optax.sgd(0.1, momentum=0.9),
                                jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)))
+    # flax keeps BatchNorm statistics in float32; the float64 step returns them in
+    # float64. Starting from float64 (the same zeros and ones) compiles the step once.
+    state = state.replace(batch_stats=to_float64(state.batch_stats),
+                          ema_batch_stats=to_float64(state.ema_batch_stats))
     step = functools.partial(device_train_step, config=config, hparams=hparams)
     return state, data, step
+
+
+def to_float64(tree):
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
 
 
 ONE_VIEW = ("meta_semi", "meta_semi_ict", "l2rw", "ict", "supervised", "supervised_mixup")
 
 
-@functools.lru_cache(maxsize=None)  # each configuration is compiled and run once
+@functools.cache  # each configuration is compiled and run once
 def run_steps(mode: str, num_devices: int, num_steps: int = 3, meta_grad: str = "jvp",
               algorithm: str = "meta_semi"):
     state, data, step = make_run(meta_grad, algorithm)
@@ -88,7 +99,7 @@ def test_four_devices_equal_one_device_under_shard_map():
     one_state, one_metrics = run_steps("shard_map", 1)
     four_state, four_metrics = run_steps("shard_map", 4)
     assert_states_close(four_state, one_state)
-    for m1, m4 in zip(one_metrics, four_metrics):
+    for m1, m4 in zip(one_metrics, four_metrics, strict=True):
         assert m1["selected"] == m4["selected"]
         np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-9)
     # The update did something and selection is not trivial on this problem.
@@ -100,10 +111,11 @@ def test_pmap_runs_the_same_function_with_the_same_result():
     shard_state, shard_metrics = run_steps("shard_map", 4)
     pmap_state, pmap_metrics = run_steps("pmap", 4)
     assert_states_close(pmap_state, shard_state, rtol=1e-12, atol=1e-14)
-    for a, b in zip(shard_metrics, pmap_metrics):
+    for a, b in zip(shard_metrics, pmap_metrics, strict=True):
         assert a["selected"] == b["selected"]
 
 
+@pytest.mark.slow  # two programs of its own (CI runs it)
 def test_unrolled_meta_gradient_is_device_count_invariant_too():
     one_state, _ = run_steps("shard_map", 1, num_steps=1, meta_grad="unrolled")
     four_state, _ = run_steps("shard_map", 4, num_steps=1, meta_grad="unrolled")

@@ -23,33 +23,43 @@ from meta_semi_jax.mixup import mixup_labeled_and_unlabeled
 from meta_semi_jax.models import create_model
 from meta_semi_jax.state import create_train_state, model_variables
 
+# Its session-scoped fixture is computed once, on one worker.
+pytestmark = pytest.mark.xdist_group("test_precision")
 
-@pytest.fixture(scope="module")
+
+@pytest.fixture(scope="session")  # kept while the worker runs other files
 def digits():
     data = load_digits()
     images = (data.images[..., None].astype(np.float32) - 4.9) / 6.0
     return images, jax.nn.one_hot(data.target, 10)
 
 
+@jax.jit
+def sgd_step(state, x, y):
+    def loss(params):
+        logits, stats = forward_train(state, params, x)
+        return jnp.mean(soft_cross_entropy(logits, y)), stats
+    grads, stats = jax.grad(loss, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads, batch_stats=stats)
+
+
+# One model and one optimiser for every seed: they are static fields of the train state,
+# so the compiled functions below are shared by all seeds.
+F32_MODEL = create_model("small_cnn", 10)
+BF16_MODEL = create_model("small_cnn", 10, dtype=jnp.bfloat16)
+OPTIMIZER = optax.sgd(0.05, momentum=0.9)
+
+
 def briefly_trained(images, targets, seed, steps):
-    model = create_model("small_cnn", 10)
-    state = create_train_state(model, optax.sgd(0.05, momentum=0.9), jax.random.PRNGKey(seed),
-                               images[:1])
-
-    @jax.jit
-    def step(state, x, y):
-        def loss(params):
-            logits, stats = forward_train(state, params, x)
-            return jnp.mean(soft_cross_entropy(logits, y)), stats
-        grads, stats = jax.grad(loss, has_aux=True)(state.params)
-        return state.apply_gradients(grads=grads, batch_stats=stats)
-
+    state = create_train_state(F32_MODEL, OPTIMIZER, jax.random.PRNGKey(seed), images[:1])
+    state = state.replace(step=jnp.int32(state.step))  # as after training: one compile
     for i in range(steps):
         batch = np.random.default_rng(i).integers(0, 1000, 64)
-        state = step(state, images[batch], targets[batch])
+        state = sgd_step(state, images[batch], targets[batch])
     return state
 
 
+@jax.jit  # compiled once per model dtype (the state's apply_fn is static)
 def step_scores(state, mixed_x, mixed_u):
     def unlabeled_losses(params):
         return per_example_loss_fn(state)(params, tuple(mixed_u)), None
@@ -59,12 +69,11 @@ def step_scores(state, mixed_x, mixed_u):
 
 def test_bfloat16_keeps_the_signs_of_the_meta_scores(digits):
     images, targets = digits
-    bf16_model = create_model("small_cnn", 10, dtype=jnp.bfloat16)
     agree, total = 0, 0
     for seed in range(3):
         for steps in (0, 200):
             f32 = briefly_trained(images, targets, seed, steps)
-            bf16 = f32.replace(apply_fn=bf16_model.apply, float32_apply_fn=f32.apply_fn)
+            bf16 = f32.replace(apply_fn=BF16_MODEL.apply, float32_apply_fn=f32.apply_fn)
             pseudo = jax.nn.softmax(f32.apply_fn(model_variables(f32.params, f32.batch_stats),
                                                  images[1000:1096], train=False))
             mixed_x, mixed_u = mixup_labeled_and_unlabeled(
@@ -88,6 +97,7 @@ def test_a_bfloat16_run_trains_and_keeps_float32_parameters(tmp_path):
     results = train.train_and_evaluate(config, str(tmp_path))
     assert 0.0 <= results["test_error"] < 90.0
     import orbax.checkpoint as ocp
+
     from meta_semi_jax import checkpoint
     manager = checkpoint.open_manager(str(tmp_path), 1)
     saved = manager.restore(20, args=ocp.args.Composite(

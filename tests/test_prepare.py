@@ -19,6 +19,9 @@ from meta_semi_jax.config_base import base_config
 from meta_semi_jax.data import stl10_folds
 from meta_semi_jax.data.__main__ import prepare
 
+# Its session-scoped fixture is computed once, on one worker.
+pytestmark = pytest.mark.xdist_group("test_prepare")
+
 NUM_TRAIN, NUM_TEST = 240, 60
 
 
@@ -50,7 +53,7 @@ class TinyKeyedDigits(tfds.core.GeneratorBasedBuilder):
             yield key, {"image": png_of_key(key), "label": key % 10}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while the worker runs other files
 def prepared_dir(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     prepare("tfds:tiny_keyed_digits", data_dir)

@@ -3,43 +3,36 @@ uninterrupted run ends; SIGTERM saves and exits 0; other configs are refused."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.run_files import records_without_time, results_without_time
+from tests.run_files import (
+    QUICK_RUN,
+    QUICK_RUN_DEVICES,
+    records_without_time,
+    results_without_time,
+    run_program,
+    start_program,
+)
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-RUN = ("--config=configs/digits.py:50", "--config.num_train_steps=90",
-       "--config.eval_every_steps=15", "--config.checkpoint_every_steps=30",
-       "--config.log_every_steps=15")
-
-
-def command(workdir, *extra):
-    return [sys.executable, "-m", "meta_semi_jax.main", f"--workdir={workdir}", *RUN, *extra]
-
-
-def environment():
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                PYTHONPATH=str(REPO))
+# Shares the quick run's compiled programs with test_main and test_experiments.
+pytestmark = pytest.mark.xdist_group("quick_run")
 
 
 def run(workdir, *extra):
-    return subprocess.run(command(workdir, *extra), cwd=REPO, env=environment(),
-                          capture_output=True, text=True, timeout=300)
+    return run_program("meta_semi_jax.main", *QUICK_RUN, f"--workdir={workdir}", *extra,
+                       devices=QUICK_RUN_DEVICES)
 
 
 def start(workdir, *extra):
-    return subprocess.Popen(command(workdir, *extra), cwd=REPO, env=environment(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return start_program("meta_semi_jax.main", *QUICK_RUN, f"--workdir={workdir}", *extra,
+                         devices=QUICK_RUN_DEVICES)
 
 
 def wait_for_checkpoint(workdir, step, proc, timeout=240):
@@ -59,7 +52,7 @@ def final_params(workdir):
     return step, restored.state
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while the worker runs other files
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     started = time.time()
@@ -90,6 +83,7 @@ def test_sigkill_and_restart_reach_bitwise_the_same_run(uninterrupted, tmp_path)
         np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=str(key))
 
 
+@pytest.mark.slow  # two more processes (CI runs it)
 def test_sigterm_saves_a_checkpoint_and_exits_0_then_resumes(uninterrupted, tmp_path):
     proc = start(tmp_path)
     wait_for_checkpoint(tmp_path, 30, proc)
@@ -112,6 +106,7 @@ def test_a_checkpoint_from_another_config_is_refused_and_kept(uninterrupted, tmp
     assert {p: p.stat().st_mtime_ns for p in uninterrupted.rglob("*")} == before
 
 
+@pytest.mark.slow  # a process with a program of its own (CI runs it)
 def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(uninterrupted, tmp_path):
     """Resume a finished run's step-60 checkpoint with a learning rate that diverges: the
     run stops with exit status 3, naming the step and checkpoint 60, which is kept."""

@@ -117,7 +117,7 @@ def test_sample_batch_is_deterministic_in_key_and_step():
                                        unlabeled_batch_size=8, translate=1, flip=True))
     a = sample(data, jax.random.PRNGKey(1), jnp.int32(2))
     b = sample(data, jax.random.PRNGKey(1), jnp.int32(2))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     c = sample(data, jax.random.PRNGKey(1), jnp.int32(3))
     d = sample(data, jax.random.PRNGKey(2), jnp.int32(2))
@@ -130,6 +130,7 @@ def test_sharded_unlabeled_pool_is_read_once_per_epoch_by_every_device():
     the pool and, over 5 steps of 2 images each, draws each of its rows exactly twice
     (two epochs)."""
     from jax.sharding import PartitionSpec as P
+
     from meta_semi_jax.parallel import AXIS, make_mesh
 
     data = _device_data()

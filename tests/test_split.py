@@ -13,7 +13,7 @@ from meta_semi_jax.data.split import max_labels_per_class, ssl_split
 NUM_CLASSES = 10
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits():
     return load_digits_arrays()
 
@@ -85,7 +85,7 @@ def test_split_is_deterministic_per_seed_and_differs_across_seeds():
     labels = _train_labels()
     splits = [ssl_split(labels, NUM_CLASSES, 50, 200, seed=s) for s in range(5)]
     again = ssl_split(labels, NUM_CLASSES, 50, 200, seed=2)
-    for a, b in zip(splits[2], again):
+    for a, b in zip(splits[2], again, strict=True):
         np.testing.assert_array_equal(a, b)
     assert splits[2].digest() == again.digest()
     assert len({s.digest() for s in splits}) == 5
@@ -147,5 +147,6 @@ def test_digits_loader_shapes_ranges_and_fixed_test_set():
     all_x = np.concatenate([train_x, test_x]).reshape(1797, 64).astype(np.int64)
     ref = full.images.reshape(1797, 64).astype(np.int64)
     all_y = np.concatenate([train_y, test_y])
-    key = lambda x, y: sorted(map(tuple, np.column_stack([x, y]).tolist()))
+    def key(x, y):
+        return sorted(map(tuple, np.column_stack([x, y]).tolist()))
     assert key(all_x, all_y) == key(ref, full.target)

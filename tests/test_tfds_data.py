@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from meta_semi_jax import data as data_lib
-from meta_semi_jax import train
+from meta_semi_jax import data as data_lib, train
 from meta_semi_jax.config_check import ConfigError
 from meta_semi_jax.data import DataError, stl10_folds
 from tests.run_files import load_config
@@ -167,6 +166,7 @@ def test_hidden_labels_of_the_unlabeled_set_do_not_change_training(mock_tfds, tm
     jax.tree.map(np.testing.assert_array_equal, reference, shuffled)
 
 
+@pytest.mark.slow  # two programs of its own, shard_map and pmap (CI runs it)
 def test_sharded_unlabeled_pool_each_device_holds_a_quarter(mock_tfds, tmp_path):
     """With unlabeled_placement='sharded' each of 4 devices holds 1/4 of the unlabeled pool
     and the step runs under shard_map and pmap with the same result."""
@@ -177,7 +177,8 @@ def test_sharded_unlabeled_pool_each_device_holds_a_quarter(mock_tfds, tmp_path)
     training = train.build_training(config, ssl)
     pool = training.data.unlabeled_images
     assert len(pool.addressable_shards) == 4
-    assert {shard.data.shape[0] for shard in pool.addressable_shards} == {len(ssl.unlabeled_images) // 4}
+    assert ({shard.data.shape[0] for shard in pool.addressable_shards}
+            == {len(ssl.unlabeled_images) // 4})
     shard_map_params = run_steps(config, ssl)
     config.parallel = "pmap"
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),

@@ -37,7 +37,7 @@ class TinyRecords(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(split) for split in SPLIT_SIZES}
 
     def _generate_examples(self, split):
-        for i, (image, label) in enumerate(zip(*split_examples(split))):
+        for i, (image, label) in enumerate(zip(*split_examples(split), strict=True)):
             yield i, {"image": image, "label": label}
 
 
@@ -50,7 +50,8 @@ def tfrecord_dir(tmp_path_factory):
 
 def as_sorted(images: np.ndarray, labels: np.ndarray) -> list[tuple[int, bytes]]:
     """The examples as a multiset: tfds stores them in its own (hashed) order."""
-    return sorted((int(label), image.tobytes()) for image, label in zip(images, labels))
+    return sorted((int(label), image.tobytes())
+                  for image, label in zip(images, labels, strict=True))
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
