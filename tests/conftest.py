@@ -7,11 +7,22 @@
   program that several tests compile (the digits step, its evaluation) is compiled once
   per session. The directory is new for every session, so no result depends on an
   earlier one, and it is removed when the session ends.
+
+And the fixture of the shared quick run (``finished_quick_run``).
 """
 import atexit
+import dataclasses
 import os
+import pathlib
 import shutil
+import subprocess
 import tempfile
+import time
+
+import pytest
+
+# Neither imports JAX, so the environment below is still set before it is imported.
+from tests.run_files import QUICK_RUN, QUICK_RUN_DEVICES, QUICK_RUN_DIAGNOSTICS, run_program
 
 DEVICES_FLAG = "--xla_force_host_platform_device_count=4"
 if DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
@@ -24,3 +35,23 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process of the se
     # Cache every program, also those that compile fast (most test programs are small).
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedRun:
+    workdir: pathlib.Path
+    process: subprocess.CompletedProcess
+    seconds: float  # the process's wall-clock time, start-up included
+
+
+@pytest.fixture(scope="session")
+def finished_quick_run(tmp_path_factory) -> FinishedRun:
+    """The quick run with its diagnostics, trained once per worker: the run whose files
+    ``test_main`` checks and the uninterrupted reference of ``test_resume``."""
+    workdir = tmp_path_factory.mktemp("quick_run")
+    started = time.time()
+    proc = run_program("meta_semi_jax.main", *QUICK_RUN, *QUICK_RUN_DIAGNOSTICS,
+                       f"--workdir={workdir}", devices=QUICK_RUN_DEVICES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return FinishedRun(workdir, proc, time.time() - started)

@@ -22,6 +22,10 @@ QUICK_RUN = ("--config=configs/digits.py:50", "--config.num_train_steps=90",
              "--config.eval_every_steps=15", "--config.checkpoint_every_steps=30",
              "--config.log_every_steps=15")
 QUICK_RUN_DEVICES = 2
+# Assumption 1's ratio (a program of its own) at each evaluation of the shared quick run
+# (``conftest.finished_quick_run``).
+QUICK_RUN_DIAGNOSTICS = ("--config.log_assumption_ratio=True",
+                         "--config.assumption_ratio_samples=4")
 
 
 def program_environment(devices: int | None = None) -> dict[str, str]:

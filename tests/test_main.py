@@ -12,7 +12,13 @@ import pytest
 from meta_semi_jax import train
 from meta_semi_jax.config_check import ConfigError
 from meta_semi_jax.data import DataError
-from tests.run_files import QUICK_RUN, QUICK_RUN_DEVICES, load_config, run_program
+from tests.run_files import (
+    QUICK_RUN,
+    QUICK_RUN_DEVICES,
+    QUICK_RUN_DIAGNOSTICS,
+    load_config,
+    run_program,
+)
 
 # Shares the quick run's compiled programs (the session's cache) with test_resume and
 # test_experiments: one worker runs them in turn.
@@ -28,21 +34,18 @@ SHORT_RUNS = [("meta_semi", QUICK_RUN_DEVICES, "shard_map"),
 
 
 @pytest.fixture(scope="session")  # kept while the worker runs other files
-def short_runs(tmp_path_factory):
-    """Each of ``SHORT_RUNS`` run once, on demand: (workdir, finished process)."""
-    finished = {}
+def short_runs(tmp_path_factory, finished_quick_run):
+    """Each of ``SHORT_RUNS`` run once, on demand: (workdir, finished process). The
+    first is the shared quick run, with Assumption 1's ratio (a program of its own) under
+    the default wrapper."""
+    finished = {SHORT_RUNS[0]: (finished_quick_run.workdir, finished_quick_run.process)}
 
     def run(algorithm: str, devices: int, parallel: str):
         if (algorithm, devices, parallel) not in finished:
             workdir = tmp_path_factory.mktemp(f"{algorithm}_{devices}_{parallel}")
-            # Assumption 1's ratio (an extra compiled program) once, under the default
-            # wrapper.
-            ratio = (["--config.log_assumption_ratio=True",
-                      "--config.assumption_ratio_samples=4"]
-                     if algorithm == "meta_semi" and parallel == "shard_map" else [])
             proc = run_main(*QUICK_RUN, f"--workdir={workdir}",
                             f"--config.algorithm={algorithm}", f"--config.parallel={parallel}",
-                            *ratio, devices=devices)
+                            devices=devices)
             assert proc.returncode == 0, proc.stderr[-3000:]
             finished[algorithm, devices, parallel] = workdir, proc
         return finished[algorithm, devices, parallel]
@@ -204,8 +207,8 @@ def test_damaged_checkpoint_is_refused_and_nothing_is_changed(short_runs, tmp_pa
     damaged = workdir / "checkpoints" / "90" / damage
     damaged.write_bytes(damaged.read_bytes()[:10])
     before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
-    proc = run_main(*QUICK_RUN, f"--workdir={workdir}", "--config.log_assumption_ratio=True",
-                    "--config.assumption_ratio_samples=4", devices=QUICK_RUN_DEVICES)
+    proc = run_main(*QUICK_RUN, *QUICK_RUN_DIAGNOSTICS, f"--workdir={workdir}",
+                    devices=QUICK_RUN_DEVICES)
     assert_one_error_line(proc, "the latest checkpoint (step 90)", "cannot be read")
     assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
 

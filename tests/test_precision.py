@@ -34,6 +34,13 @@ def digits():
     return images, jax.nn.one_hot(data.target, 10)
 
 
+# One model and one optimiser for every seed: they are static fields of the train state,
+# so the compiled functions below are shared by all seeds.
+F32_MODEL = create_model("small_cnn", 10)
+BF16_MODEL = create_model("small_cnn", 10, dtype=jnp.bfloat16)
+OPTIMIZER = optax.sgd(0.05, momentum=0.9)
+
+
 @jax.jit
 def sgd_step(state, x, y):
     def loss(params):
@@ -41,13 +48,6 @@ def sgd_step(state, x, y):
         return jnp.mean(soft_cross_entropy(logits, y)), stats
     grads, stats = jax.grad(loss, has_aux=True)(state.params)
     return state.apply_gradients(grads=grads, batch_stats=stats)
-
-
-# One model and one optimiser for every seed: they are static fields of the train state,
-# so the compiled functions below are shared by all seeds.
-F32_MODEL = create_model("small_cnn", 10)
-BF16_MODEL = create_model("small_cnn", 10, dtype=jnp.bfloat16)
-OPTIMIZER = optax.sgd(0.05, momentum=0.9)
 
 
 def briefly_trained(images, targets, seed, steps):

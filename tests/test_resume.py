@@ -15,6 +15,7 @@ import pytest
 from tests.run_files import (
     QUICK_RUN,
     QUICK_RUN_DEVICES,
+    QUICK_RUN_DIAGNOSTICS,
     records_without_time,
     results_without_time,
     run_program,
@@ -25,14 +26,16 @@ from tests.run_files import (
 pytestmark = pytest.mark.xdist_group("quick_run")
 
 
+# Every run here is the quick run of ``conftest.finished_quick_run`` (the uninterrupted
+# reference), in another workdir or with changes.
 def run(workdir, *extra):
-    return run_program("meta_semi_jax.main", *QUICK_RUN, f"--workdir={workdir}", *extra,
-                       devices=QUICK_RUN_DEVICES)
+    return run_program("meta_semi_jax.main", *QUICK_RUN, *QUICK_RUN_DIAGNOSTICS,
+                       f"--workdir={workdir}", *extra, devices=QUICK_RUN_DEVICES)
 
 
 def start(workdir, *extra):
-    return start_program("meta_semi_jax.main", *QUICK_RUN, f"--workdir={workdir}", *extra,
-                         devices=QUICK_RUN_DEVICES)
+    return start_program("meta_semi_jax.main", *QUICK_RUN, *QUICK_RUN_DIAGNOSTICS,
+                         f"--workdir={workdir}", *extra, devices=QUICK_RUN_DEVICES)
 
 
 def wait_for_checkpoint(workdir, step, proc, timeout=240):
@@ -52,15 +55,9 @@ def final_params(workdir):
     return step, restored.state
 
 
-@pytest.fixture(scope="session")  # kept while the worker runs other files
-def uninterrupted(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    started = time.time()
-    proc = run(workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (tmp_path_factory.getbasetemp() / "uninterrupted_seconds.txt").write_text(
-        str(time.time() - started))
-    return workdir
+@pytest.fixture
+def uninterrupted(finished_quick_run):
+    return finished_quick_run.workdir
 
 
 def test_sigkill_and_restart_reach_bitwise_the_same_run(uninterrupted, tmp_path):
@@ -120,10 +117,10 @@ def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(uninterrupted,
     assert not (tmp_path / "results.json").exists()
 
 
-def test_wall_seconds_count_each_second_once(uninterrupted, tmp_path_factory):
+def test_wall_seconds_count_each_second_once(finished_quick_run, uninterrupted):
     """A run's recorded time is at most the time its process took (saves do not add it
     up repeatedly), and the last checkpoint's time is at most the final one."""
-    elapsed = float((tmp_path_factory.getbasetemp() / "uninterrupted_seconds.txt").read_text())
+    elapsed = finished_quick_run.seconds
     results = json.loads((uninterrupted / "results.json").read_text())
     loop = ocp.CheckpointManager(uninterrupted / "checkpoints").restore(
         90, args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
