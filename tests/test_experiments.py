@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from experiments import report, run, tables
-from tests.run_files import QUICK_RUN_DEVICES, run_program
+from tests.run_files import QUICK_RUN, QUICK_RUN_DEVICES, run_program
 
 # Shares the quick run's compiled programs with test_main and test_resume.
 pytestmark = pytest.mark.xdist_group("quick_run")
@@ -87,10 +87,11 @@ def test_table4_reads_errors_at_the_papers_time_fractions(tmp_path):
 
 
 def test_runner_skips_finished_runs_and_the_report_has_numbers_and_plots(tmp_path):
-    # The quick run's length and devices, so Meta-Semi's run compiles nothing new.
+    # The quick run's fields and devices, so Meta-Semi's run compiles nothing new.
+    quick_run = [f"--override={flag.removeprefix('--config.')}" for flag in QUICK_RUN
+                 if flag.startswith("--config.")]
     args = ("--table=1", "--seeds=1", f"--root={tmp_path}", "--dataset=digits", "--jobs=2",
-            "--cells=/supervised/,/meta_semi/", "--override=num_train_steps=90",
-            "--override=eval_every_steps=15", "--override=checkpoint_every_steps=30")
+            "--cells=/supervised/,/meta_semi/", *quick_run)
     first = run_program("experiments.run", *args, devices=QUICK_RUN_DEVICES, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr[-3000:]
     assert "2 runs, 0 finished, 2 to run" in first.stdout
