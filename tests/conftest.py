@@ -8,7 +8,13 @@
   per session. The directory is new for every session, so no result depends on an
   earlier one, and it is removed when the session ends.
 
-And the fixture of the shared quick run (``finished_quick_run``).
+And how the tests are spread over pytest-xdist's workers (``--dist loadgroup``): a test
+file is one unit, run whole by one worker, so the programs its tests share are compiled
+once (two workers compiling the same program at the same time both pay for it; the
+persistent cache only helps the later one), and session-scoped fixtures are computed
+once. Files that share a program name a group of their own
+(``pytest.mark.xdist_group("quick_run")``). And the fixture of the shared quick run
+(``finished_quick_run``).
 """
 import atexit
 import dataclasses
@@ -36,6 +42,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process of the se
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Puts each test without an ``xdist_group`` into its file's group."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ QUICK_RUN_DEVICES = 2
 # Assumption 1's ratio (a program of its own) at each evaluation of the shared quick run
 # (``conftest.finished_quick_run``).
 QUICK_RUN_DIAGNOSTICS = ("--config.log_assumption_ratio=True",
-                         "--config.assumption_ratio_samples=4")
+                         "--config.assumption_ratio_samples=1")
 
 
 def program_environment(devices: int | None = None) -> dict[str, str]:

@@ -14,9 +14,6 @@ from meta_semi_jax.algorithms import HParams, SSLBatch, meta_semi
 from meta_semi_jax.state import create_train_state
 from meta_semi_jax.step import train_step
 
-# Its session-scoped fixture is computed once, on one worker.
-pytestmark = pytest.mark.xdist_group("test_ablations")
-
 C = 3
 
 

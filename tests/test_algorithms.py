@@ -19,9 +19,6 @@ from meta_semi_jax.algorithms import ALGORITHMS, HParams, SSLBatch
 from meta_semi_jax.rampup import linear_rampup, sigmoid_rampup
 from meta_semi_jax.state import create_train_state
 
-# Its session-scoped fixture is computed once, on one worker.
-pytestmark = pytest.mark.xdist_group("test_algorithms")
-
 C = 3          # classes
 N_L, N_U = 4, 6
 

@@ -87,23 +87,28 @@ def test_table4_reads_errors_at_the_papers_time_fractions(tmp_path):
 
 
 def test_runner_skips_finished_runs_and_the_report_has_numbers_and_plots(tmp_path):
-    # The quick run's fields and devices, so Meta-Semi's run compiles nothing new.
+    # Two seeds of Meta-Semi with the quick run's fields and devices, at the same time:
+    # their programs are the quick run's (compiled once per session, not per seed).
     quick_run = [f"--override={flag.removeprefix('--config.')}" for flag in QUICK_RUN
                  if flag.startswith("--config.")]
-    args = ("--table=1", "--seeds=1", f"--root={tmp_path}", "--dataset=digits", "--jobs=2",
-            "--cells=/supervised/,/meta_semi/", *quick_run)
+    args = ("--table=1", "--seeds=2", f"--root={tmp_path}", "--dataset=digits", "--jobs=2",
+            "--cells=/meta_semi/", *quick_run)
     first = run_program("experiments.run", *args, devices=QUICK_RUN_DEVICES, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr[-3000:]
     assert "2 runs, 0 finished, 2 to run" in first.stdout
     again = run_program("experiments.run", *args, devices=QUICK_RUN_DEVICES, timeout=600)
     assert "2 runs, 2 finished, 0 to run" in again.stdout
-    config = json.loads((tmp_path / "digits_50/meta_semi/seed_0/config.json").read_text())
-    assert config["num_train_steps"] == 90 and config["split_seed"] == 0
+    for seed in (0, 1):
+        config = json.loads(
+            (tmp_path / f"digits_50/meta_semi/seed_{seed}/config.json").read_text())
+        assert config["num_train_steps"] == 90 and config["split_seed"] == seed
     text = report.report(str(tmp_path), "digits")
     assert (tmp_path / "report.md").read_text() == text
+    errors = [json.loads((tmp_path / f"digits_50/meta_semi/seed_{seed}/results.json")
+                         .read_text())["test_error"] for seed in (0, 1)]
     meta_row = next(line for line in text.splitlines() if line.startswith("| Meta-Semi |"))
-    assert "(1) | 10.27 ± 0.66 |" in meta_row
-    assert "No finished run yet: digits_50/supervised_mixup" in text
+    assert f"{report.mean_std(errors)} (2) | 10.27 ± 0.66 |" in meta_row
+    assert "No finished run yet: digits_50/supervised" in text
     for name in ("test_error_table1_digits_50.png", "selected_table1_digits_50.png",
                  "pseudo_label_accuracy_table1_digits_50.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000

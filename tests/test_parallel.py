@@ -22,9 +22,6 @@ from meta_semi_jax.data.sampler import DeviceData
 from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
 from meta_semi_jax.step import device_train_step
 
-# Its cached runs are computed once, on one worker.
-pytestmark = pytest.mark.xdist_group("test_parallel")
-
 
 class TinyConvNet(nn.Module):
     """Conv -> BatchNorm (synchronised over ``axis_name``) -> ReLU -> pool -> Dense."""

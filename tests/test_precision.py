@@ -23,9 +23,6 @@ from meta_semi_jax.mixup import mixup_labeled_and_unlabeled
 from meta_semi_jax.models import create_model
 from meta_semi_jax.state import create_train_state, model_variables
 
-# Its session-scoped fixture is computed once, on one worker.
-pytestmark = pytest.mark.xdist_group("test_precision")
-
 
 @pytest.fixture(scope="session")  # kept while the worker runs other files
 def digits():

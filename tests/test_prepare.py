@@ -19,9 +19,6 @@ from meta_semi_jax.config_base import base_config
 from meta_semi_jax.data import stl10_folds
 from meta_semi_jax.data.__main__ import prepare
 
-# Its session-scoped fixture is computed once, on one worker.
-pytestmark = pytest.mark.xdist_group("test_prepare")
-
 NUM_TRAIN, NUM_TEST = 240, 60
 
 
