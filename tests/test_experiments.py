@@ -86,9 +86,11 @@ def test_table4_reads_errors_at_the_papers_time_fractions(tmp_path):
     assert lines[5].startswith("| Meta-Semi | 39.00 | 32.73 | 32.00 | 31.81 | 32.00 |")
 
 
-def test_runner_skips_finished_runs_and_the_report_has_numbers_and_plots(tmp_path):
+def test_runner_skips_finished_runs_and_the_report_has_numbers_and_plots(tmp_path,
+                                                                        finished_quick_run):
     # Two seeds of Meta-Semi with the quick run's fields and devices, at the same time:
-    # their programs are the quick run's (compiled once per session, not per seed).
+    # their programs are the quick run's, loaded from the session's cache (hence the
+    # finished quick run first: two runs that start together would both compile).
     quick_run = [f"--override={flag.removeprefix('--config.')}" for flag in QUICK_RUN
                  if flag.startswith("--config.")]
     args = ("--table=1", "--seeds=2", f"--root={tmp_path}", "--dataset=digits", "--jobs=2",

@@ -38,7 +38,7 @@ def test_mixup_keeps_input_dtype_of_each_operand():
     """lam is cast per operand: bf16 inputs stay bf16 while float32 targets stay float32."""
     x = jnp.ones((2, 3), jnp.bfloat16)
     y = jnp.full((2, 4), 0.25, jnp.float32)
-    out = mixup(x, y, 2 * x, y, jnp.float32(0.25))
+    out = jax.jit(mixup)(x, y, 2 * x, y, jnp.float32(0.25))
     assert out.inputs.dtype == jnp.bfloat16 and out.targets.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(out.inputs, np.float32), 1.75)
 
@@ -169,13 +169,16 @@ def test_mixup_labeled_and_unlabeled_uses_separate_lambdas_and_is_deterministic(
     assert differ >= 4
 
 
+# One program for every beta (an argument, not a constant): Beta sampling compiles slowly.
+_SAMPLE_LAMBDAS = jax.jit(jax.vmap(sample_mixup_lambda, in_axes=(0, None)))
+
+
 @pytest.mark.parametrize("beta", [0.5, 2.0])
 def test_sample_mixup_lambda_is_beta_beta(beta):
     """lam ~ Beta(beta, beta), used as drawn: values in [0, 1], mean 1/2, variance
     1/(4(2 beta + 1)), and about half the draws below 1/2 (no max(lam, 1-lam))."""
     keys = jax.random.split(jax.random.PRNGKey(0), 20_000)
-    lam = np.asarray(jax.jit(jax.vmap(lambda k: sample_mixup_lambda(k, beta)))(keys),
-                     np.float64)
+    lam = np.asarray(_SAMPLE_LAMBDAS(keys, beta), np.float64)
     assert np.all((lam >= 0) & (lam <= 1))
     assert abs(lam.mean() - 0.5) < 0.01
     expected_var = 1.0 / (4 * (2 * beta + 1))

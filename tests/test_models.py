@@ -139,16 +139,17 @@ def random_variables(model: nn.Module, shape: tuple[int, ...]) -> dict:
     its spread, which would make float32 statistics ill-conditioned."""
     rng = np.random.default_rng(0)
 
-    def draw(leaf: jax.ShapeDtypeStruct) -> jnp.ndarray:
+    def draw(leaf: jax.ShapeDtypeStruct) -> jax.Array:
         std = 1 / math.sqrt(math.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 0.1
-        return jnp.asarray(std * rng.standard_normal(leaf.shape, np.float32))
+        # device_put, not jnp.asarray, which compiles a small program for every shape
+        return jax.device_put(std * rng.standard_normal(leaf.shape, np.float32))
 
     return jax.tree_util.tree_map(draw, abstract_variables(model, shape))
 
 
 def test_train_updates_batch_stats_and_eval_needs_no_mutability():
     model = SmallCNN(NUM_CLASSES)
-    x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
+    x = np.random.default_rng(1).standard_normal((4, 8, 8, 1), np.float32)
     variables = random_variables(model, x.shape)
     logits, updates = jax.jit(
         lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
@@ -169,7 +170,7 @@ def test_axis_name_synchronises_every_batch_norm(name, image_shape):
     """Two vmapped shards with BatchNorm synchronised over the vmap axis must match one
     call on the whole batch (outputs and new running statistics); any BatchNorm that did
     not receive ``axis_name`` would normalise with its shard's statistics instead."""
-    x = jax.random.normal(jax.random.PRNGKey(1), (4,) + image_shape)
+    x = np.random.default_rng(1).standard_normal((4,) + image_shape, np.float32)
     synced = create_model(name, NUM_CLASSES, axis_name="batch")
     unsynced = create_model(name, NUM_CLASSES)
     variables = random_variables(unsynced, x.shape)
@@ -182,7 +183,9 @@ def test_axis_name_synchronises_every_batch_norm(name, image_shape):
         sharded = jax.vmap(lambda b: train_apply(synced, b), axis_name="batch")(shards)
         return sharded, train_apply(unsynced, x)
 
-    (sharded_logits, sharded_stats), (full_logits, full_stats) = sharded_and_full(variables, x)
+    # As NumPy arrays: eager reshapes and indexing would compile a program per shape.
+    (sharded_logits, sharded_stats), (full_logits, full_stats) = jax.device_get(
+        sharded_and_full(variables, x))
     np.testing.assert_allclose(sharded_logits.reshape(full_logits.shape), full_logits,
                                rtol=1e-4, atol=1e-4)
     jax.tree_util.tree_map(
@@ -192,7 +195,7 @@ def test_axis_name_synchronises_every_batch_norm(name, image_shape):
 
 def test_unsynchronised_shards_differ_from_the_whole_batch():
     """The check above is sensitive: without ``axis_name`` the shards disagree."""
-    x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
+    x = np.random.default_rng(1).standard_normal((4, 8, 8, 1), np.float32)
     model = SmallCNN(NUM_CLASSES)
     variables = random_variables(model, x.shape)
 

@@ -36,6 +36,7 @@ def digits():
 F32_MODEL = create_model("small_cnn", 10)
 BF16_MODEL = create_model("small_cnn", 10, dtype=jnp.bfloat16)
 OPTIMIZER = optax.sgd(0.05, momentum=0.9)
+initial_state = jax.jit(create_train_state, static_argnums=(0, 1))
 
 
 @jax.jit
@@ -48,12 +49,21 @@ def sgd_step(state, x, y):
 
 
 def briefly_trained(images, targets, seed, steps):
-    state = create_train_state(F32_MODEL, OPTIMIZER, jax.random.PRNGKey(seed), images[:1])
+    state = initial_state(F32_MODEL, OPTIMIZER, jax.random.PRNGKey(seed), images[:1])
     state = state.replace(step=jnp.int32(state.step))  # as after training: one compile
     for i in range(steps):
         batch = np.random.default_rng(i).integers(0, 1000, 64)
         state = sgd_step(state, images[batch], targets[batch])
     return state
+
+
+@jax.jit  # compiled once: eager JAX compiles each primitive alone
+def mixed_batches(state, key, labeled, targets, unlabeled):
+    """X~ and U~ of a Meta-Semi step (Eqs. 12-13, beta 0.5) with the model's soft
+    pseudo labels of ``unlabeled``."""
+    pseudo = jax.nn.softmax(state.apply_fn(model_variables(state.params, state.batch_stats),
+                                           unlabeled, train=False))
+    return mixup_labeled_and_unlabeled(key, labeled, targets, unlabeled, pseudo, 0.5)
 
 
 @jax.jit  # compiled once per model dtype (the state's apply_fn is static)
@@ -71,11 +81,8 @@ def test_bfloat16_keeps_the_signs_of_the_meta_scores(digits):
         for steps in (0, 200):
             f32 = briefly_trained(images, targets, seed, steps)
             bf16 = f32.replace(apply_fn=BF16_MODEL.apply, float32_apply_fn=f32.apply_fn)
-            pseudo = jax.nn.softmax(f32.apply_fn(model_variables(f32.params, f32.batch_stats),
-                                                 images[1000:1096], train=False))
-            mixed_x, mixed_u = mixup_labeled_and_unlabeled(
-                jax.random.PRNGKey(seed), images[:32], targets[:32], images[1000:1096],
-                pseudo, 0.5)
+            mixed_x, mixed_u = mixed_batches(f32, jax.random.PRNGKey(seed), images[:32],
+                                             targets[:32], images[1000:1096])
             s32 = step_scores(f32, mixed_x, mixed_u)
             s16 = step_scores(bf16, mixed_x, mixed_u)
             assert s16.dtype == jnp.float32 and not np.array_equal(s16, s32)  # really bf16

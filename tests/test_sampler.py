@@ -134,6 +134,7 @@ def test_sharded_unlabeled_pool_is_read_once_per_epoch_by_every_device():
     from meta_semi_jax.parallel import AXIS, make_mesh
 
     data = _device_data()
+    assert jax.device_count() >= 4  # conftest.py sets 4
     mesh = make_mesh(jax.devices()[:4])
     spec = DeviceData(labeled_images=P(), labeled_labels=P(), unlabeled_images=P(AXIS),
                       mean=P(), std=P())
