@@ -16,16 +16,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from meta_semi_jax.config_fields import FIXED_ON_RESUME
 from meta_semi_jax.state import TrainState
-
-# Fields whose change would make a resumed run a different experiment.
-FIXED_ON_RESUME: tuple[str, ...] = (
-    "algorithm", "model", "dataset", "num_labels", "num_validation", "split_seed", "fold",
-    "unlabeled_includes_labeled", "seed", "labeled_batch_size", "unlabeled_batch_size",
-    "beta", "optimizer", "learning_rate", "lr_schedule", "num_train_steps", "ema_decay",
-    "teacher_bn_mode", "translate", "flip", "pad_mode", "weight_decay", "momentum",
-    "nesterov", "meta_grad", "unlabeled_placement", "pseudo_label", "mixup", "weights",
-    "compute_dtype")
 
 
 def checkpoint_dir(workdir: str) -> str:

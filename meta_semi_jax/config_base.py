@@ -1,66 +1,19 @@
 """The fields of a run's config and their defaults; each file in ``configs/`` starts here.
 
 Every field can be overridden on the command line, e.g. ``--config.beta=0.5``.
-``config_check.check_config`` says which values each field allows.
+``config_fields.FIELDS`` declares each field (default, allowed values, whether a resume
+may change it); ``config_check.check_config`` checks a config against it.
 """
 from __future__ import annotations
 
 import ml_collections
 
+from meta_semi_jax.config_fields import FIELDS
+
 
 def base_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    # What to train.
-    c.algorithm = "meta_semi"          # see meta_semi_jax.algorithms.ALGORITHMS
-    c.model = "small_cnn"              # small_cnn | cnn13 | wrn28_2
-    c.dataset = "digits"               # digits | cifar10 | cifar100 | svhn | stl10 | tfds:<name>
-    c.data_dir = ""                    # tfds data directory ("" = tfds' default)
-    c.tfds_train_split = "train"       # for tfds:<name> datasets
-    c.tfds_test_split = "test"
-    c.fold = 0                         # STL-10: which predefined fold is labeled (0-9)
-    c.num_labels = 50                  # labels in total, spread evenly over the classes
-    c.num_validation = 200             # held out from the training set, evenly per class
-    c.unlabeled_includes_labeled = False
-    c.seed = 0                         # model initialisation, batches, augmentation, MixUp
-    c.split_seed = 0                   # which labeled/validation split (0-4: the paper's five)
-    # Meta-Semi.
-    c.beta = 1.0                       # MixUp's Beta(beta, beta), Eqs. (12)-(13)
-    c.meta_grad = "jvp"                # jvp | unrolled | per_example (meta.py)
-    c.teacher_bn_mode = "train"        # train | eval: BatchNorm of the EMA teacher (ICT: train)
-    c.ema_decay = 0.999                # 0: no parameter EMA (Table 5)
-    # Table 5's ablations of Meta-Semi (algorithms/meta_semi.py).
-    c.pseudo_label = "soft"            # soft | one_hot
-    c.mixup = "both"                   # both | unlabeled | labeled | none: which data MixUp mixes
-    c.weights = "meta"                 # meta (Eq. 9) | ones | sign (+-1)
-    # Steps and batches (global over all devices).
-    c.num_train_steps = 2000
-    c.labeled_batch_size = 25
-    c.unlabeled_batch_size = 75
-    c.eval_batch_size = 500
-    c.eval_every_steps = 200
-    c.log_every_steps = 50
-    c.log_assumption_ratio = False     # Monte-Carlo ratio of Assumption 1 at each evaluation
-    c.assumption_ratio_samples = 500   # the paper's sample size (Fig. 2)
-    # Checkpoints (orbax): every so many steps and at the end; a rerun resumes.
-    c.checkpoint_every_steps = 1000
-    c.max_checkpoints = 2
-    c.allow_config_change = False      # resume although experiment-defining fields changed
-    # Optimiser (Appendix C, CNN-13).
-    c.optimizer = "sgd"                # sgd (Nesterov, coupled L2) | adam (decoupled decay)
-    c.learning_rate = 0.1
-    c.lr_schedule = "cosine"           # cosine | constant
-    c.momentum = 0.9
-    c.nesterov = True
-    c.weight_decay = 1e-4
-    # Augmentation on the device.
-    c.translate = 4                    # max random shift in pixels
-    c.pad_mode = "zero"                # zero | reflect: how a shifted image is filled
-    c.flip = True                      # random horizontal flip
-    # Devices and precision.
-    c.compute_dtype = "float32"        # float32 | bfloat16: convs and matmuls (params stay float32)
-    c.parallel = "shard_map"           # shard_map | pmap
-    c.sync_batch_norm = True           # BatchNorm statistics over all devices
-    c.unlabeled_placement = "replicated"  # replicated | sharded over devices | host (data/)
+    """Every field at its default (``config_fields.FIELDS``), and the baselines' sections."""
+    c = ml_collections.ConfigDict({name: field.default for name, field in FIELDS.items()})
     set_baseline_recipes(c, steps_per_epoch=1, num_train_images=1, mixmatch_weight=75.0)
     return c
 

@@ -5,40 +5,19 @@ value and what is allowed; ``main`` prints it and exits with status 2.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
-from meta_semi_jax.algorithms import ALGORITHMS, META_ALGORITHMS
-from meta_semi_jax.algorithms.meta_semi import MIXUP_MODES, PSEUDO_LABELS
-from meta_semi_jax.augment import PAD_MODES
+from meta_semi_jax.algorithms import META_ALGORITHMS
+from meta_semi_jax.config_fields import FIELDS
 from meta_semi_jax.data import DATASET_CHOICES, is_known_dataset
-from meta_semi_jax.meta import META_GRAD_METHODS
-from meta_semi_jax.models import MODELS
-from meta_semi_jax.optim import LR_SCHEDULES, OPTIMIZERS
-from meta_semi_jax.parallel import PARALLEL_MODES, PLACEMENTS
 
 
 class ConfigError(ValueError):
     """A config value that cannot be run; the message is one line for the user."""
 
-
-CHOICES: dict[str, Iterable[str]] = {
-    "algorithm": ALGORITHMS,
-    "model": MODELS,
-    "pad_mode": PAD_MODES,
-    "meta_grad": META_GRAD_METHODS,
-    "teacher_bn_mode": ("train", "eval"),
-    "optimizer": OPTIMIZERS,
-    "lr_schedule": LR_SCHEDULES,
-    "parallel": PARALLEL_MODES,
-    "unlabeled_placement": PLACEMENTS,
-    "pseudo_label": PSEUDO_LABELS,
-    "mixup": MIXUP_MODES,
-    "weights": ("meta", "ones", "sign"),
-    "compute_dtype": ("float32", "bfloat16"),
-}
 
 # Table 5's switches: their value for the full Meta-Semi, the only one other algorithms take.
 ABLATION_DEFAULTS: dict[str, str] = {"pseudo_label": "soft", "mixup": "both", "weights": "meta"}
@@ -52,30 +31,6 @@ ALGORITHM_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augmentations": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
 }
 
-# field -> (test, what the field allows)
-RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "num_labels": (lambda v: v > 0, "a positive integer"),
-    "num_validation": (lambda v: v > 0, "a positive integer"),
-    "num_train_steps": (lambda v: v > 0, "a positive integer"),
-    "eval_every_steps": (lambda v: v > 0, "a positive integer"),
-    "log_every_steps": (lambda v: v > 0, "a positive integer"),
-    "checkpoint_every_steps": (lambda v: v > 0, "a positive integer"),
-    "assumption_ratio_samples": (lambda v: v > 0, "a positive integer"),
-    "max_checkpoints": (lambda v: v > 0, "a positive integer"),
-    "labeled_batch_size": (lambda v: v > 0, "a positive integer"),
-    "unlabeled_batch_size": (lambda v: v > 0, "a positive integer"),
-    "eval_batch_size": (lambda v: v > 0, "a positive integer"),
-    "seed": (lambda v: v >= 0, "an integer >= 0"),
-    "split_seed": (lambda v: v >= 0, "an integer >= 0"),
-    "translate": (lambda v: v >= 0, "an integer >= 0"),
-    "fold": (lambda v: 0 <= v <= 9, "one of STL-10's predefined folds 0-9"),
-    "beta": (lambda v: v > 0, "a number > 0"),
-    "ema_decay": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "learning_rate": (lambda v: v > 0, "a number > 0"),
-    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
-}
-
 DIVISIBLE_BY_DEVICES = ("labeled_batch_size", "unlabeled_batch_size", "eval_batch_size")
 
 
@@ -87,12 +42,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises ``ConfigError`` for the first field whose value cannot be run; needs no data."""
     if not is_known_dataset(config.dataset):
         raise _fail(config, "dataset", "choose one of " + DATASET_CHOICES)
-    for field, allowed in CHOICES.items():
-        if config[field] not in allowed:
-            raise _fail(config, field, "choose one of " + ", ".join(sorted(allowed)))
-    for field, (test, allowed) in RANGES.items():
-        if not test(config[field]):
-            raise _fail(config, field, f"it must be {allowed}")
+    for name, field in FIELDS.items():
+        if field.allowed is not None and not field.allowed.allows(config[name]):
+            raise _fail(config, name, field.allowed.describe())
     check_algorithm_fields(config)
     if config.log_assumption_ratio and config.algorithm != "meta_semi":
         raise _fail(config, "log_assumption_ratio", "Assumption 1 is about L_meta: it needs "
@@ -101,9 +53,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise _fail(config, "log_assumption_ratio", "its random batches are drawn from the "
                     "unlabeled pool on the devices: it needs config.unlabeled_placement "
                     "'replicated' or 'sharded'")
-    for field in DIVISIBLE_BY_DEVICES:
-        if config[field] % num_devices:
-            raise _fail(config, field,
+    for name in DIVISIBLE_BY_DEVICES:
+        if config[name] % num_devices:
+            raise _fail(config, name,
                         f"it must be a multiple of the number of devices ({num_devices})")
 
 

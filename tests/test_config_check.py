@@ -8,14 +8,16 @@ import pytest
 
 from meta_semi_jax import config_check, data as data_lib
 from meta_semi_jax.algorithms import ALGORITHMS
+from meta_semi_jax.checkpoint import changed_fields, fixed_fields
 from meta_semi_jax.config_check import ConfigError, check_config
+from meta_semi_jax.config_fields import FIELDS, Choice
 from meta_semi_jax.data.digits import load_digits_arrays
 from meta_semi_jax.data.split import max_labels_per_class
 from meta_semi_jax.meta import META_GRAD_METHODS
 from meta_semi_jax.models import MODELS
 from meta_semi_jax.optim import LR_SCHEDULES, OPTIMIZERS
 from meta_semi_jax.parallel import PARALLEL_MODES
-from tests.run_files import load_config
+from tests.run_files import REPO, load_config
 
 NUM_CLASSES = 10
 
@@ -113,9 +115,9 @@ def test_default_digits_config_passes_on_1_and_4_devices():
 
 
 def _choice_cases():
-    cases = [(field, value) for field, allowed in config_check.CHOICES.items()
-             for value in allowed]
-    cases += [("dataset", name) for name in getattr(data_lib, "BUILTIN_DATASETS", ("digits",))]
+    cases = [(name, value) for name, field in FIELDS.items()
+             if isinstance(field.allowed, Choice) for value in field.allowed.values]
+    cases += [("dataset", name) for name in data_lib.BUILTIN_DATASETS]
     return cases
 
 
@@ -202,3 +204,32 @@ def test_validation_larger_than_a_class_is_blamed_on_num_validation():
     with pytest.raises(ConfigError) as info:
         config_check.check_pool_size(config, limit, NUM_CLASSES)
     _assert_one_line_naming(info.value, "num_validation", 1300, [])
+
+
+CONFIG_FILES = sorted(p.stem for p in (REPO / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_field_of_every_config_is_declared(name):
+    """A config file may only set declared fields (``config_fields.FIELDS``: default,
+    allowed values, fixed on resume or not) and the algorithms' own sections."""
+    config = load_config(name, "250" if name != "stl10" else "1000")
+    undeclared = set(config.keys()) - set(FIELDS) - set(ALGORITHMS)
+    assert not undeclared, f"configs/{name}.py sets undeclared fields {sorted(undeclared)}"
+    assert set(FIELDS) <= set(config.keys())
+
+
+def another_value(value):
+    if isinstance(value, bool):
+        return not value
+    return value + ("_other" if isinstance(value, str) else 1)
+
+
+def test_a_resume_may_not_change_a_fixed_field_but_may_change_a_free_one():
+    saved = fixed_fields(digits_config())
+    for name, field in FIELDS.items():
+        config = digits_config()
+        config[name] = another_value(config[name])
+        assert bool(changed_fields(saved, config)) == field.fixed, name
+    # Several devices synchronise BatchNorm or not: different gradients.
+    assert FIELDS["sync_batch_norm"].fixed and not FIELDS["parallel"].fixed
