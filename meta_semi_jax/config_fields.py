@@ -93,7 +93,7 @@ FIELDS: dict[str, Field] = {
     "meta_grad": Field("jvp", Choice(META_GRAD_METHODS), True,
                        "jvp | unrolled | per_example (meta.py)"),
     "teacher_bn_mode": Field("train", Choice(("train", "eval")), True,
-                             "BatchNorm of the EMA teacher (ICT: train)"),
+                             "train | eval: BatchNorm of the EMA teacher (ICT: train)"),
     "ema_decay": Field(0.999, FRACTION, True, "0: no parameter EMA (Table 5)"),
     # Table 5's ablations of Meta-Semi (algorithms/meta_semi.py).
     "pseudo_label": Field("soft", Choice(PSEUDO_LABELS), True, "soft | one_hot"),
@@ -134,7 +134,7 @@ FIELDS: dict[str, Field] = {
     "flip": Field(True, ANY, True, "random horizontal flip"),
     # Devices and precision.
     "compute_dtype": Field("float32", Choice(("float32", "bfloat16")), True,
-                           "convs and matmuls (params stay float32)"),
+                           "float32 | bfloat16: convs and matmuls (params stay float32)"),
     "parallel": Field("shard_map", Choice(PARALLEL_MODES), False,
                       "shard_map | pmap: the same step either way"),
     "sync_batch_norm": Field(True, ANY, True,

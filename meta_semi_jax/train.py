@@ -10,6 +10,7 @@ with the best validation accuracy; it never selects anything.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -27,16 +28,17 @@ from absl import logging
 from jax import lax
 
 from meta_semi_jax import __version__, checkpoint, config_check, data as data_lib
-from meta_semi_jax.algorithms import TWO_VIEW_ALGORITHMS, HParams
+from meta_semi_jax.algorithms import TWO_VIEW_ALGORITHMS, HParams, meta_semi
 from meta_semi_jax.augment import normalize
+from meta_semi_jax.batches import DeviceData
 from meta_semi_jax.data.host_stream import HostStream
-from meta_semi_jax.data.sampler import DeviceData
+from meta_semi_jax.data.sampler import SamplerSpec
 from meta_semi_jax.logs import RunLog
 from meta_semi_jax.models import create_model
 from meta_semi_jax.optim import make_optimizer
 from meta_semi_jax.parallel import AXIS, DataParallel, bytes_on_this_process, make_mesh
 from meta_semi_jax.state import TrainState, create_train_state, model_variables
-from meta_semi_jax.step import device_assumption_ratio, device_train_step
+from meta_semi_jax.step import device_train_step, step_keys
 
 
 def hparams_from_config(config: ml_collections.ConfigDict, num_classes: int) -> HParams:
@@ -52,6 +54,16 @@ def hparams_from_config(config: ml_collections.ConfigDict, num_classes: int) -> 
                    alpha=own.get("alpha", 1.0), consistency_weight=own.get("weight", 0.0),
                    rampup_steps=own.get("rampup_steps", 0),
                    temperature=own.get("temperature", 0.5), unlabeled_views=views)
+
+
+def sampler_from_config(config: ml_collections.ConfigDict, unlabeled_views: int) -> SamplerSpec:
+    """How the step draws its batch: the config's batch sizes, augmentation and pool
+    placement, with ``unlabeled_views`` augmentations of each unlabeled image."""
+    return SamplerSpec(labeled_batch_size=config.labeled_batch_size,
+                       unlabeled_batch_size=config.unlabeled_batch_size,
+                       translate=config.translate, flip=config.flip, pad_mode=config.pad_mode,
+                       unlabeled_placement=config.unlabeled_placement,
+                       unlabeled_views=unlabeled_views)
 
 
 def device_eval_counts(state: TrainState, images: jax.Array, labels: jax.Array,
@@ -228,17 +240,20 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
         labeled_images="replicated", labeled_labels="replicated",
         unlabeled_images=unlabeled_kind, unlabeled_labels=unlabeled_kind,
         mean="replicated", std="replicated")
-    step_fn = dp.run(functools.partial(device_train_step, config=config, hparams=hparams),
+    sampler = sampler_from_config(config, hparams.unlabeled_views)
+    step_fn = dp.run(functools.partial(device_train_step, sampler=sampler, hparams=hparams,
+                                       algorithm=config.algorithm),
                      ("replicated", data_kinds, "replicated"), donate_argnums=(0,))
     ratio_fn = None
     if config.log_assumption_ratio:
         ratio_fn = dp.run(functools.partial(
-            device_assumption_ratio, config=config, hparams=hparams,
+            meta_semi.device_assumption_ratio,
+            sampler=dataclasses.replace(sampler, unlabeled_views=1), hparams=hparams,
             num_samples=config.assumption_ratio_samples), ("replicated", data_kinds, "replicated"))
     stream = None
     if config.unlabeled_placement == "host":
-        stream = HostStream(dp, ssl.unlabeled_images, ssl.unlabeled_labels, run_key,
-                            config.unlabeled_batch_size)
+        stream = HostStream(dp, ssl.unlabeled_images, ssl.unlabeled_labels,
+                            step_keys(run_key, 0)[0], config.unlabeled_batch_size)
     return Training(
         ratio_fn=ratio_fn, stream=stream,
         dp=dp, step_fn=step_fn, state=dp.replicate(state),

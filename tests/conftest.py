@@ -13,8 +13,8 @@ file is one unit, run whole by one worker, so the programs its tests share are c
 once (two workers compiling the same program at the same time both pay for it; the
 persistent cache only helps the later one), and session-scoped fixtures are computed
 once. Files that share a program name a group of their own
-(``pytest.mark.xdist_group("quick_run")``). And the fixture of the shared quick run
-(``finished_quick_run``).
+(``pytest.mark.xdist_group("quick_run")``). And the fixtures of the shared quick run
+(``finished_quick_run``) and of float64 tests (``float64``).
 """
 import atexit
 import dataclasses
@@ -49,6 +49,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+@pytest.fixture
+def float64():
+    """The test runs with JAX in float64 (``pytest.mark.usefixtures("float64")``), so that
+    equations can be compared tightly."""
+    import jax  # here: the settings above come first
+
+    with jax.enable_x64(True):
+        yield
 
 
 @dataclasses.dataclass(frozen=True)

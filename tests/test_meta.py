@@ -54,10 +54,7 @@ def make_problem(batch_norm: bool, seed: int = 0):
     return loss_fn, variables["params"], {"x": x_l, "y": y_l}, {"x": x_u, "y": y_u}
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("float64")  # conftest.py
 
 
 def literal_scores(problem, learning_rate=1.0, steps=1):

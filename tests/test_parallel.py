@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,29 +16,18 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from meta_semi_jax import ALGORITHMS, HParams, create_train_state, meta_scores, meta_weights
+from meta_semi_jax.batches import DeviceData
 from meta_semi_jax.config_base import base_config
-from meta_semi_jax.data.sampler import DeviceData
 from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
 from meta_semi_jax.step import device_train_step
+from meta_semi_jax.train import sampler_from_config
+from tests.tiny_models import ConvBatchNormNet
+
+# Conv -> BatchNorm (synchronised over AXIS) -> ReLU -> pool -> Dense, in float64.
+MODEL = ConvBatchNormNet(3, dtype=jnp.float64, axis_name=AXIS)
 
 
-class TinyConvNet(nn.Module):
-    """Conv -> BatchNorm (synchronised over ``axis_name``) -> ReLU -> pool -> Dense."""
-    axis_name: str | None = AXIS
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        x = nn.Conv(4, (3, 3), param_dtype=jnp.float64, dtype=jnp.float64)(x)
-        x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name,
-                         param_dtype=jnp.float64, dtype=jnp.float64)(x)
-        x = jnp.mean(nn.relu(x), axis=(1, 2))
-        return nn.Dense(3, param_dtype=jnp.float64, dtype=jnp.float64)(x)
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("float64")  # conftest.py
 
 
 OPTIMIZER = optax.sgd(0.1, momentum=0.9)
@@ -60,13 +48,14 @@ def make_run(meta_grad: str = "jvp", algorithm: str = "meta_semi"):
     config.meta_grad, config.algorithm = meta_grad, algorithm
     hparams = HParams(num_classes=3, beta=0.75, meta_grad=meta_grad, consistency_weight=10.0,
                       unlabeled_views=1 if algorithm in ONE_VIEW else 2)
-    state = initial_state(TinyConvNet(), OPTIMIZER, jax.random.PRNGKey(1),
+    state = initial_state(MODEL, OPTIMIZER, jax.random.PRNGKey(1),
                           jnp.zeros((1, 8, 8, 1)))
     # flax keeps BatchNorm statistics in float32; the float64 step returns them in
     # float64. Starting from float64 (the same zeros and ones) compiles the step once.
     state = state.replace(batch_stats=to_float64(state.batch_stats),
                           ema_batch_stats=to_float64(state.ema_batch_stats))
-    step = functools.partial(device_train_step, config=config, hparams=hparams)
+    step = functools.partial(device_train_step, hparams=hparams, algorithm=algorithm,
+                             sampler=sampler_from_config(config, hparams.unlabeled_views))
     return state, data, step
 
 
@@ -146,7 +135,7 @@ def test_every_algorithm_is_device_count_invariant(algorithm):
 def test_sharded_meta_scores_and_weights_equal_the_concatenated_batch():
     """Scores from 4 shards (global g_X, synchronised BatchNorm) equal the scores of one
     device holding the concatenated batch, and the selected weights are identical."""
-    model = TinyConvNet()
+    model = MODEL
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)["params"]
     keys = jax.random.split(jax.random.PRNGKey(3), 4)
     labeled = (jax.random.normal(keys[0], (8, 8, 8, 1)),

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meta_semi_jax.data.sampler import DeviceData, epoch_shuffled_indices, sample_batch
+from meta_semi_jax.batches import DeviceData
+from meta_semi_jax.data.sampler import SamplerSpec, epoch_shuffled_indices, sample_batch
 
 
 def _stream(key: jax.Array, num_steps: int, batch_size: int, pool_size: int) -> np.ndarray:
@@ -83,9 +84,9 @@ def test_sample_batch_gathers_normalised_images_with_their_labels():
     unlabeled pool only; over consecutive steps each pool is read once per epoch."""
     data = _device_data()
     b_l, b_u = 4, 5
-    sample = jax.jit(functools.partial(sample_batch, labeled_batch_size=b_l,
-                                       unlabeled_batch_size=b_u, translate=0, flip=False,
-                                       axis_name=None))
+    sample = jax.jit(functools.partial(sample_batch, spec=SamplerSpec(
+        labeled_batch_size=b_l, unlabeled_batch_size=b_u, translate=0, flip=False),
+        axis_name=None))
     key = jax.random.PRNGKey(0)
     lab_seen, unl_seen = [], []
     for step in range(12):
@@ -113,8 +114,8 @@ def test_sample_batch_gathers_normalised_images_with_their_labels():
 def test_sample_batch_is_deterministic_in_key_and_step():
     """Same (key, step) gives the same batch; another step or key gives another batch."""
     data = _device_data()
-    sample = jax.jit(functools.partial(sample_batch, labeled_batch_size=4,
-                                       unlabeled_batch_size=8, translate=1, flip=True))
+    sample = jax.jit(functools.partial(sample_batch, spec=SamplerSpec(
+        labeled_batch_size=4, unlabeled_batch_size=8, translate=1, flip=True)))
     a = sample(data, jax.random.PRNGKey(1), jnp.int32(2))
     b = sample(data, jax.random.PRNGKey(1), jnp.int32(2))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
@@ -140,9 +141,9 @@ def test_sharded_unlabeled_pool_is_read_once_per_epoch_by_every_device():
                       mean=P(), std=P())
 
     def draw(data, step):
-        batch = sample_batch(data, jax.random.PRNGKey(3), step, labeled_batch_size=4,
-                             unlabeled_batch_size=8, translate=0, flip=False,
-                             unlabeled_placement="sharded", axis_name=AXIS)
+        batch = sample_batch(data, jax.random.PRNGKey(3), step, SamplerSpec(
+            labeled_batch_size=4, unlabeled_batch_size=8, translate=0, flip=False,
+            unlabeled_placement="sharded"), axis_name=AXIS)
         return batch.unlabeled_images
 
     fn = jax.jit(jax.shard_map(draw, mesh=mesh, in_specs=(spec, P()), out_specs=P(AXIS),

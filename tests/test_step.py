@@ -8,6 +8,8 @@ implementation (meta_grad='jvp') must land on the same parameters.
 """
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,30 +26,19 @@ from meta_semi_jax import (
     train_step,
     unrolled_meta_gradient,
 )
+from tests.tiny_models import ConvBatchNormNet
 
 ALPHA = 0.5
 NUM_CLASSES = 4
 
 
-class ConvBNNet(nn.Module):
-    @nn.compact
-    def __call__(self, x, train: bool):
-        x = nn.Conv(6, (3, 3), param_dtype=jnp.float64, dtype=jnp.float64)(x)
-        x = nn.BatchNorm(use_running_average=not train, param_dtype=jnp.float64,
-                         dtype=jnp.float64)(x)
-        x = jnp.mean(nn.leaky_relu(x, 0.1), axis=(1, 2))
-        return nn.Dense(NUM_CLASSES, param_dtype=jnp.float64, dtype=jnp.float64)(x)
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("float64")  # conftest.py
 
 
 # One model and one optimiser for every seed: they are static fields of the train state,
 # so the jitted functions below are compiled once for all seeds.
-MODEL = ConvBNNet()
+MODEL = ConvBatchNormNet(NUM_CLASSES, features=6, dtype=jnp.float64,
+                         activation=functools.partial(nn.leaky_relu, negative_slope=0.1))
 OPTIMIZER = optax.sgd(ALPHA)
 
 

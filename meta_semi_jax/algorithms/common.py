@@ -5,41 +5,17 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from meta_semi_jax.batches import SSLBatch
 from meta_semi_jax.losses import soft_cross_entropy, softmax_mse
 from meta_semi_jax.meta import MetaGradMethod
 from meta_semi_jax.mixup import Mixed, mixup_with_shuffle
 from meta_semi_jax.parallel import axis_size, gather_global, local_shard
 from meta_semi_jax.rampup import linear_rampup, sigmoid_rampup
 from meta_semi_jax.state import TrainState, model_variables
-
-
-@flax.struct.dataclass
-class SSLBatch:
-    """One device's share of a step's data, already augmented and normalised.
-
-    labeled_images ``[B_l, H, W, C]``, labels ``[B_l]`` int, unlabeled_images ``[B_u, H, W, C]``.
-    ``hidden_labels`` ``[B_u]`` (optional; -1 where unknown) are the true classes of the
-    unlabeled images: they only feed diagnostics (pseudo-label accuracy), never a loss.
-    ``extra_unlabeled_views`` ``[V - 1, B_u, H, W, C]`` (optional) are further random
-    augmentations of the same unlabeled images, for algorithms that compare views.
-    """
-    labeled_images: jax.Array
-    labels: jax.Array
-    unlabeled_images: jax.Array
-    hidden_labels: jax.Array | None = None
-    extra_unlabeled_views: jax.Array | None = None
-
-    def unlabeled_views(self) -> jax.Array:
-        """All augmented views of the unlabeled images, ``[V, B_u, H, W, C]``."""
-        first = self.unlabeled_images[None]
-        if self.extra_unlabeled_views is None:
-            return first
-        return jnp.concatenate([first, self.extra_unlabeled_views])
 
 
 @dataclasses.dataclass(frozen=True)

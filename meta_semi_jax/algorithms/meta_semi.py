@@ -34,6 +34,8 @@ from meta_semi_jax.algorithms.common import (
     pseudo_labels,
     psum_if,
 )
+from meta_semi_jax.batches import DeviceData
+from meta_semi_jax.data.sampler import SamplerSpec, sample_batch
 from meta_semi_jax.losses import soft_cross_entropy
 from meta_semi_jax.meta import (
     l2rw_weights,
@@ -45,7 +47,7 @@ from meta_semi_jax.meta import (
     scores_per_example,
 )
 from meta_semi_jax.mixup import Mixed, mixup_labeled_and_unlabeled
-from meta_semi_jax.parallel import gather_global, local_shard
+from meta_semi_jax.parallel import AXIS, gather_global, local_shard
 from meta_semi_jax.state import TrainState
 
 PSEUDO_LABELS: tuple[str, ...] = ("soft", "one_hot")
@@ -168,3 +170,28 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HPara
             lax.stop_gradient(targets_u), batch.hidden_labels, batch.labels.shape[0],
             selected, axis_name))
     return Gradients(psum_if(grads, axis_name), pmean_if(batch_stats, axis_name), metrics)
+
+
+ASSUMPTION_STREAM = 0x5EED  # separates the ratio's random batches from the training ones
+
+
+def device_assumption_ratio(state: TrainState, data: DeviceData, key: jax.Array, *,
+                            sampler: SamplerSpec, hparams: HParams,
+                            num_samples: int) -> dict[str, jax.Array]:
+    """Monte-Carlo estimate of the ratio of Assumption 1 (paper Fig. 2),
+    ``E ||grad L_meta||^2 / ||grad E G(X~)||^2``, over ``num_samples`` random batches
+    drawn as ``sampler`` says with the run's ``key`` and the current step (not the
+    training batches'). A per-device program over ``AXIS``, like the training step."""
+    key = jax.random.fold_in(jax.random.fold_in(key, state.step), ASSUMPTION_STREAM)
+
+    def accumulate(carry, index):
+        k_data, k_step = jax.random.split(jax.random.fold_in(key, index))
+        batch = sample_batch(data, k_data, jnp.int32(0), sampler, axis_name=AXIS)
+        squared, g_labeled = assumption_terms(state, batch, k_step, hparams, AXIS)
+        return (carry[0] + squared, jax.tree.map(jnp.add, carry[1], g_labeled)), None
+
+    zeros = (jnp.float32(0.0), jax.tree.map(jnp.zeros_like, state.params))
+    (squared_sum, g_sum), _ = jax.lax.scan(accumulate, zeros, jnp.arange(num_samples))
+    mean_g = jax.tree.map(lambda g: g / num_samples, g_sum)
+    return {"assumption_ratio": squared_sum / num_samples
+            / optax.tree.norm(mean_g, squared=True)}

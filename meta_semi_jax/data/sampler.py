@@ -17,30 +17,15 @@ indices the replicated pool would use, and copies it to the devices ahead of use
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 
-from meta_semi_jax.algorithms.common import SSLBatch
 from meta_semi_jax.augment import augment, example_keys, normalize
+from meta_semi_jax.batches import DeviceData, SSLBatch
 from meta_semi_jax.parallel import axis_index, axis_size, global_example_ids, local_shard
-
-
-@flax.struct.dataclass
-class DeviceData:
-    """Training pools kept on the device (raw uint8 images) and the normalisation.
-
-    ``unlabeled_labels`` (-1 where unknown) are the hidden classes of the unlabeled pool,
-    for diagnostics only; ``None`` leaves them out.
-    """
-    labeled_images: jax.Array
-    labeled_labels: jax.Array
-    unlabeled_images: jax.Array
-    mean: jax.Array
-    std: jax.Array
-    unlabeled_labels: jax.Array | None = None
 
 
 def epoch_shuffled_indices(key: jax.Array, step: int | jax.Array, batch_size: int,
@@ -72,44 +57,64 @@ def batch_keys(key: jax.Array) -> BatchKeys:
     return BatchKeys(*jax.random.split(key, 4))
 
 
-def sample_batch(data: DeviceData, key: jax.Array, step: int | jax.Array, *,
-                 labeled_batch_size: int, unlabeled_batch_size: int, translate: int,
-                 flip: bool, pad_mode: str = "zero", unlabeled_placement: str = "replicated",
-                 unlabeled_views: int = 1, axis_name: str | None = None) -> SSLBatch:
-    """This device's share of the step's global batch, normalised and augmented.
+def unlabeled_indices(key: jax.Array, step: int | jax.Array, batch_size: int,
+                      pool_size: int) -> jax.Array:
+    """Pool indices of the global unlabeled batch of ``step`` when the pool is read as one
+    stream: the replicated pool on the devices, and the pool in host memory
+    (``host_stream.py``), which must draw the same images. ``key`` is the step's
+    sampling key (``sample_batch``'s)."""
+    return epoch_shuffled_indices(batch_keys(key).unlabeled, step, batch_size, pool_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """How a step draws its batch on the device; static (hashable), part of the program.
 
     Batch sizes are global; each device takes ``size / num_devices`` examples.
-    ``unlabeled_placement`` says what ``data.unlabeled_images`` holds: the pool
+    ``unlabeled_placement`` says what ``DeviceData.unlabeled_images`` holds: the pool
     (``replicated``), this device's shard of the pool (``sharded``), or this device's
     share of the step's unlabeled batch, gathered by the host (``host``).
     ``unlabeled_views > 1`` adds further independent augmentations of the same
     unlabeled images (``SSLBatch.extra_unlabeled_views``); the first view is the same
     for any number of views.
     """
+    labeled_batch_size: int
+    unlabeled_batch_size: int
+    translate: int
+    flip: bool
+    pad_mode: str = "zero"
+    unlabeled_placement: str = "replicated"
+    unlabeled_views: int = 1
+
+
+def sample_batch(data: DeviceData, key: jax.Array, step: int | jax.Array, spec: SamplerSpec,
+                 axis_name: str | None = None) -> SSLBatch:
+    """This device's share of the step's global batch, drawn as ``spec`` says,
+    normalised and augmented."""
     k_lab, k_unl, k_aug_lab, k_aug_unl = batch_keys(key)
     lab_idx = local_shard(epoch_shuffled_indices(
-        k_lab, step, labeled_batch_size, data.labeled_images.shape[0]), axis_name)
-    if unlabeled_placement == "host":
+        k_lab, step, spec.labeled_batch_size, data.labeled_images.shape[0]), axis_name)
+    if spec.unlabeled_placement == "host":
         unl_idx = jnp.arange(data.unlabeled_images.shape[0])
-    elif unlabeled_placement == "sharded":
+    elif spec.unlabeled_placement == "sharded":
         unl_idx = epoch_shuffled_indices(
             jax.random.fold_in(k_unl, axis_index(axis_name)), step,
-            unlabeled_batch_size // axis_size(axis_name), data.unlabeled_images.shape[0])
+            spec.unlabeled_batch_size // axis_size(axis_name), data.unlabeled_images.shape[0])
     else:
-        unl_idx = local_shard(epoch_shuffled_indices(
-            k_unl, step, unlabeled_batch_size, data.unlabeled_images.shape[0]), axis_name)
+        unl_idx = local_shard(unlabeled_indices(
+            key, step, spec.unlabeled_batch_size, data.unlabeled_images.shape[0]), axis_name)
 
     def prepare(images: jax.Array, aug_key: jax.Array) -> jax.Array:
         keys = example_keys(jax.random.fold_in(aug_key, step),
                             global_example_ids(images.shape[0], axis_name))
-        return augment(keys, normalize(images, data.mean, data.std), translate=translate,
-                       flip=flip, pad_mode=pad_mode)
+        return augment(keys, normalize(images, data.mean, data.std), translate=spec.translate,
+                       flip=spec.flip, pad_mode=spec.pad_mode)
 
     unlabeled = data.unlabeled_images[unl_idx]
     extra_views = None
-    if unlabeled_views > 1:
+    if spec.unlabeled_views > 1:
         extra_views = jnp.stack([prepare(unlabeled, jax.random.fold_in(k_aug_unl, view))
-                                 for view in range(1, unlabeled_views)])
+                                 for view in range(1, spec.unlabeled_views)])
     hidden = None if data.unlabeled_labels is None else data.unlabeled_labels[unl_idx]
     return SSLBatch(labeled_images=prepare(data.labeled_images[lab_idx], k_aug_lab),
                     labels=data.labeled_labels[lab_idx],
