@@ -12,9 +12,11 @@ from meta_semi_jax.augment import augment, normalize
 from meta_semi_jax.ema import ema_decay_at, ema_update
 from meta_semi_jax.losses import soft_cross_entropy
 from meta_semi_jax.meta import (
+    Scored,
     labeled_gradient,
     meta_scores,
     meta_weights,
+    score_unlabeled,
     scores_jvp,
     scores_per_example,
     unrolled_meta_gradient,
@@ -30,10 +32,11 @@ from meta_semi_jax.state import TrainState, create_train_state
 from meta_semi_jax.step import apply_update, train_step
 
 __all__ = [
-    "ALGORITHMS", "HParams", "SSLBatch", "TrainState", "apply_update", "augment",
+    "ALGORITHMS", "HParams", "SSLBatch", "Scored", "TrainState", "apply_update", "augment",
     "create_train_state", "ema_decay_at", "ema_update", "labeled_gradient", "meta_scores",
     "meta_weights", "mixup", "mixup_labeled_and_unlabeled", "mixup_with_shuffle", "normalize",
-    "per_example_loss_fn", "pseudo_labels", "sample_mixup_lambda", "scores_jvp",
+    "per_example_loss_fn", "pseudo_labels", "sample_mixup_lambda", "score_unlabeled",
+    "scores_jvp",
     "scores_per_example", "soft_cross_entropy", "train_step", "unrolled_meta_gradient",
     "weighted_loss",
 ]

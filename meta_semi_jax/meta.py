@@ -9,7 +9,8 @@ axis). For a labeled batch X~ and an unlabeled (pseudo-labelled) batch U~ the
 
 and Eq. (10) says the meta-gradient of Algorithm 1 is ``-alpha * s_j``.
 
-Three ways to compute ``s`` are offered (``meta_scores(..., method=...)``):
+Three ways to compute ``s`` are offered (``score_unlabeled(method, ...)``, which also
+returns U~'s losses and their pullback for the update; ``meta_scores`` the scores alone):
 
 * ``"jvp"`` (default): ``s = J_U(theta) g_X`` with one ``jax.grad`` for ``g_X``
   and one ``jax.jvp`` of ``theta -> loss_fn(theta, U~)``. Exact for any
@@ -31,7 +32,7 @@ batch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,7 @@ from jax import lax
 Params = Any
 Batch = Any
 LossFn = Callable[[Params, Batch], jax.Array]
+LossFnWithAux = Callable[[Params, Batch], tuple[jax.Array, Any]]
 MetaGradMethod = Literal["jvp", "unrolled", "per_example"]
 META_GRAD_METHODS: tuple[str, ...] = ("jvp", "unrolled", "per_example")
 
@@ -133,11 +135,57 @@ def unrolled_meta_gradient(loss_fn: LossFn, params: Params, labeled_batch: Batch
     return jax.grad(labeled_loss_after_virtual_steps)(jnp.zeros(num_unlabeled, dtype))
 
 
+class Scored(NamedTuple):
+    """What every scoring method returns for U~ (``score_unlabeled``)."""
+    losses: jax.Array                          # per-example losses L_j on U~, [B_u]
+    scores: jax.Array                          # s_j of Eq. (10), [B_u]
+    pullback: Callable[[jax.Array], Params]    # c -> grad_theta sum_j c_j L_j
+    aux: Any                                   # the loss function's second output
+
+
+def score_unlabeled(method: MetaGradMethod, loss_fn_with_aux: LossFnWithAux, params: Params,
+                    labeled_batch: Batch, unlabeled_batch: Batch, g_x: Params | None, *,
+                    axis_name: str | None = None, steps: int = 1,
+                    learning_rate: float = 1.0) -> Scored:
+    """Eq. (10)'s scores of U~ by ``method``, with U~'s losses and the pullback of the
+    same forward pass (for the update, e.g. Eq. 1's gradient).
+
+    ``loss_fn_with_aux(params, batch) -> ([B] per-example losses, aux)``. ``g_x`` is
+    ``labeled_gradient`` of X~ (used by ``jvp`` and ``per_example``); ``unrolled``
+    differentiates the labeled loss itself, through ``steps`` virtual SGD steps of size
+    ``learning_rate`` (Algorithm 1 literally), and divides by ``-learning_rate * steps``
+    so every method returns the same ``s`` (Proposition 1). ``jvp`` runs U~'s forward
+    pass once for scores and pullback (``linearized_scores``); the others add one.
+    """
+    def unlabeled(p: Params) -> tuple[jax.Array, Any]:
+        return loss_fn_with_aux(p, unlabeled_batch)
+
+    if method == "jvp":
+        return Scored(*linearized_scores(unlabeled, params, g_x))
+    if method not in META_GRAD_METHODS:
+        raise ValueError(f"meta_grad method {method!r} is not known; allowed: "
+                         f"{', '.join(META_GRAD_METHODS)}")
+    losses, vjp_fn, aux = jax.vjp(unlabeled, params, has_aux=True)
+
+    def losses_only(p: Params, batch: Batch) -> jax.Array:
+        return loss_fn_with_aux(p, batch)[0]
+
+    if method == "per_example":
+        scores = scores_per_example(losses_only, params, g_x, unlabeled_batch)
+    else:
+        scores = -unrolled_meta_gradient(
+            losses_only, params, labeled_batch, unlabeled_batch, learning_rate=learning_rate,
+            steps=steps, axis_name=axis_name) / (learning_rate * steps)
+    return Scored(losses, scores, lambda coefficients: vjp_fn(coefficients)[0], aux)
+
+
 def meta_scores(loss_fn: LossFn, params: Params, labeled_batch: Batch,
                 unlabeled_batch: Batch, method: MetaGradMethod = "jvp", *,
                 axis_name: str | None = None, steps: int = 1,
                 learning_rate: float = 1.0) -> jax.Array:
     """Meta scores ``s_j`` of every unlabeled example, Eq. (10): meta-gradient = ``-alpha * s_j``.
+
+    The scores of ``score_unlabeled``, the code the trainer runs.
 
     Args:
       loss_fn: ``(params, batch) -> [B]`` per-example losses (soft-target
@@ -155,18 +203,11 @@ def meta_scores(loss_fn: LossFn, params: Params, labeled_batch: Batch,
     Returns:
       ``[B_u]`` array of scores.
     """
-    if method == "unrolled":
-        meta_grad = unrolled_meta_gradient(
-            loss_fn, params, labeled_batch, unlabeled_batch,
-            learning_rate=learning_rate, steps=steps, axis_name=axis_name)
-        return -meta_grad / (learning_rate * steps)
-    g_x = labeled_gradient(loss_fn, params, labeled_batch, axis_name)
-    if method == "jvp":
-        return scores_jvp(loss_fn, params, g_x, unlabeled_batch)
-    if method == "per_example":
-        return scores_per_example(loss_fn, params, g_x, unlabeled_batch)
-    raise ValueError(
-        f"meta_grad method {method!r} is not known; allowed: {', '.join(META_GRAD_METHODS)}")
+    g_x = (None if method == "unrolled" else
+           labeled_gradient(loss_fn, params, labeled_batch, axis_name))
+    return score_unlabeled(method, lambda p, batch: (loss_fn(p, batch), None), params,
+                           labeled_batch, unlabeled_batch, g_x, axis_name=axis_name,
+                           steps=steps, learning_rate=learning_rate).scores
 
 
 def meta_weights(scores: jax.Array) -> jax.Array:

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from meta_semi_jax import (
+    labeled_gradient,
     meta_scores,
     meta_weights,
+    score_unlabeled,
     soft_cross_entropy,
     unrolled_meta_gradient,
     weighted_loss,
@@ -70,6 +72,28 @@ def test_jvp_equals_unrolled_with_batchnorm_coupling():
     scores = meta_scores(*problem, method="jvp")
     assert scores.shape == (8,)
     np.testing.assert_allclose(scores, reference, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("method,batch_norm", [("jvp", True), ("unrolled", True),
+                                               ("per_example", False)])
+def test_every_scorer_returns_the_scores_losses_and_pullback_of_eq_1(method, batch_norm):
+    """``score_unlabeled`` (the trainer's path): Eq. (10)'s scores as the literal
+    Algorithm 1 gives them, U~'s losses, the loss function's aux, and a pullback that
+    gives the gradient of Eq. (1), ``sum_j c_j L_j`` with ``c_j = w_j / sum_k w_k``."""
+    problem = make_problem(batch_norm=batch_norm)
+    loss_fn, params, labeled, unlabeled = problem
+    reference = literal_scores(problem)
+    scored = score_unlabeled(method, lambda p, batch: (loss_fn(p, batch), "aux"), params,
+                             labeled, unlabeled, labeled_gradient(loss_fn, params, labeled))
+    np.testing.assert_allclose(scored.scores, reference, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(scored.losses, loss_fn(params, unlabeled), rtol=1e-12)
+    assert scored.aux == "aux"
+    weights = meta_weights(reference)
+    assert 0 < float(jnp.sum(weights)) < len(weights)
+    coefficients = weights / jnp.sum(weights)
+    expected = jax.grad(lambda p: jnp.sum(coefficients * loss_fn(p, unlabeled)))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13),
+                 scored.pullback(coefficients), expected)
 
 
 def test_per_example_is_wrong_under_batchnorm_coupling():

@@ -40,11 +40,9 @@ from meta_semi_jax.losses import soft_cross_entropy
 from meta_semi_jax.meta import (
     l2rw_weights,
     labeled_gradient,
-    linearized_scores,
     loss_coefficients,
-    meta_scores,
     meta_weights,
-    scores_per_example,
+    score_unlabeled,
 )
 from meta_semi_jax.mixup import Mixed, mixup_labeled_and_unlabeled
 from meta_semi_jax.parallel import AXIS, gather_global, local_shard
@@ -122,39 +120,24 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HPara
 
     ``key`` must be the same on every device of ``axis_name``. With ``meta_grad='jvp'``
     the forward pass of U~ is shared by the scores and the update
-    (``meta.linearized_scores``); the other methods recompute it.
+    (``meta.score_unlabeled``); the other methods add one.
 
     Metrics: ``loss`` (the global objective), ``selected`` (share of U~ with a positive
     weight), ``labeled_loss`` (mean loss on X~), ``mean_score``, and with
     ``batch.hidden_labels`` the pseudo-label accuracies of ``pseudo_label_diagnostics``.
     """
     mixed_x, mixed_u, targets_u = mixed_batches(state, batch, key, hparams, axis_name)
-    loss_fn = per_example_loss_fn(state)
     labeled_sum, g_x = labeled_direction(state, mixed_x, axis_name)
 
-    def unlabeled_losses(params):
-        logits, batch_stats = forward_train(state, params, mixed_u.inputs)
-        return soft_cross_entropy(logits, mixed_u.targets), batch_stats
+    def losses_and_stats(params, mixed):
+        logits, batch_stats = forward_train(state, params, mixed[0])
+        return soft_cross_entropy(logits, mixed[1]), batch_stats
 
-    if hparams.meta_grad == "jvp":
-        losses, scores, pullback, batch_stats = linearized_scores(
-            unlabeled_losses, state.params, g_x)
-        coefficients = loss_coefficients(
-            WEIGHT_RULES[hparams.weights](scores, axis_name), axis_name)
-        loss, grads = jnp.sum(coefficients * losses), pullback(coefficients)
-    else:
-        scores = (scores_per_example(loss_fn, state.params, g_x, tuple(mixed_u))
-                  if hparams.meta_grad == "per_example" else
-                  meta_scores(loss_fn, state.params, tuple(mixed_x), tuple(mixed_u),
-                              hparams.meta_grad, axis_name=axis_name))
-        coefficients = loss_coefficients(
-            WEIGHT_RULES[hparams.weights](scores, axis_name), axis_name)
-
-        def weighted(params):
-            losses, batch_stats = unlabeled_losses(params)
-            return jnp.sum(coefficients * losses), batch_stats
-
-        (loss, batch_stats), grads = jax.value_and_grad(weighted, has_aux=True)(state.params)
+    scored = score_unlabeled(hparams.meta_grad, losses_and_stats, state.params,
+                             tuple(mixed_x), tuple(mixed_u), g_x, axis_name=axis_name)
+    scores, batch_stats = scored.scores, scored.aux
+    coefficients = loss_coefficients(WEIGHT_RULES[hparams.weights](scores, axis_name), axis_name)
+    loss, grads = jnp.sum(coefficients * scored.losses), scored.pullback(coefficients)
     if extra_loss is not None:
         (extra, batch_stats), extra_grads = jax.value_and_grad(extra_loss, has_aux=True)(
             state.params, batch_stats, jax.random.fold_in(key, 1), targets_u)
