@@ -56,6 +56,12 @@ def hparams_from_config(config: ml_collections.ConfigDict, num_classes: int) -> 
                    temperature=own.get("temperature", 0.5), unlabeled_views=views)
 
 
+def itstime(step: int, every: int, num_steps: int) -> bool:
+    """Whether an every-``every``-steps action (log, evaluation, checkpoint) is due after
+    ``step``: at each multiple of ``every``, and after the last of ``num_steps``."""
+    return step % every == 0 or step == num_steps
+
+
 def sampler_from_config(config: ml_collections.ConfigDict, unlabeled_views: int) -> SamplerSpec:
     """How the step draws its batch: the config's batch sizes, augmentation and pool
     placement, with ``unlabeled_views`` augmentations of each unlabeled image."""
@@ -434,13 +440,15 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
         if stream is not None:  # the batch of the step that starts at state.step
             device_data = stream.with_batch(device_data, step - 1)
         state, metrics = step_fn(state, device_data, run_key)
-        last = step == config.num_train_steps
         if step == first_step:
             jax.block_until_ready(metrics)
             logging.info("first step (with compilation) took %.1f s", time.time() - start)
             progress.restart(step)
-        checkpoint_due = step % config.checkpoint_every_steps == 0 or last or stop.received
-        if step % config.log_every_steps == 0 or checkpoint_due:
+        last = step == config.num_train_steps
+        log_due = itstime(step, config.log_every_steps, config.num_train_steps)
+        checkpoint_due = (itstime(step, config.checkpoint_every_steps, config.num_train_steps)
+                          or stop.received)
+        if log_due or checkpoint_due:
             scalars = _host_metrics(metrics, dp)
             if not _all_finite(scalars):
                 good = manager.latest_step()
@@ -448,10 +456,10 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
                     f"non-finite training metrics by step {step} ({scalars}); " + (
                         f"the last good checkpoint is step {good} in {manager.directory}"
                         if good is not None else "no checkpoint was written yet"))
-            if step % config.log_every_steps == 0 or last:
+            if log_due:
                 logging.info("%s", progress.line(step, scalars))
                 run_log.scalars(step, scalars, "train")
-        if step % config.eval_every_steps == 0 or last:
+        if itstime(step, config.eval_every_steps, config.num_train_steps):
             loop["val_accuracy"] = val_accuracy = val_eval.accuracy(state)
             # The test error is logged for the learning curves only; nothing selects on it.
             record = {"step": step, "val_accuracy": loop["val_accuracy"],
