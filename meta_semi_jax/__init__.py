@@ -6,7 +6,7 @@ convention. ``python -m meta_semi_jax.main`` is the training program.
 """
 __version__ = "0.1.0"
 
-from meta_semi_jax.algorithms import ALGORITHMS, HParams, SSLBatch
+from meta_semi_jax.algorithms import ALGORITHMS, Algorithm, SSLBatch
 from meta_semi_jax.algorithms.common import per_example_loss_fn, pseudo_labels
 from meta_semi_jax.augment import augment, normalize
 from meta_semi_jax.ema import ema_decay_at, ema_update
@@ -32,7 +32,7 @@ from meta_semi_jax.state import TrainState, create_train_state
 from meta_semi_jax.step import apply_update, train_step
 
 __all__ = [
-    "ALGORITHMS", "HParams", "SSLBatch", "Scored", "TrainState", "apply_update", "augment",
+    "ALGORITHMS", "Algorithm", "SSLBatch", "Scored", "TrainState", "apply_update", "augment",
     "create_train_state", "ema_decay_at", "ema_update", "labeled_gradient", "meta_scores",
     "meta_weights", "mixup", "mixup_labeled_and_unlabeled", "mixup_with_shuffle", "normalize",
     "per_example_loss_fn", "pseudo_labels", "sample_mixup_lambda", "score_unlabeled",

@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from meta_semi_jax.algorithms import META_ALGORITHMS
+from meta_semi_jax.algorithms import ALGORITHMS
 from meta_semi_jax.config_fields import FIELDS
 from meta_semi_jax.data import DATASET_CHOICES, is_known_dataset
 
@@ -19,8 +19,9 @@ class ConfigError(ValueError):
     """A config value that cannot be run; the message is one line for the user."""
 
 
-# Table 5's switches: their value for the full Meta-Semi, the only one other algorithms take.
-ABLATION_DEFAULTS: dict[str, str] = {"pseudo_label": "soft", "mixup": "both", "weights": "meta"}
+# Table 5's switches: an algorithm that does not take one (``ALGORITHMS``) runs only with
+# its default, the full Meta-Semi's value.
+ABLATION_SWITCHES = ("pseudo_label", "mixup", "weights")
 
 # field of config.<algorithm> -> (test, what it allows)
 ALGORITHM_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -68,12 +69,10 @@ def check_algorithm_fields(config: ml_collections.ConfigDict) -> None:
             if not test(value):
                 raise ConfigError(f"config.{config.algorithm}.{field}={value!r} is not "
                                   f"allowed: it must be {allowed}")
-    if config.algorithm not in META_ALGORITHMS:
-        fixed = ABLATION_DEFAULTS
-    else:  # Learning to Reweight brings its own weights
-        fixed = {"weights": "meta"} if config.algorithm == "l2rw" else {}
-    for field, default in fixed.items():
-        if config[field] != default:
+    taken = ALGORITHMS[config.algorithm].top_level_fields
+    for field in ABLATION_SWITCHES:
+        default = FIELDS[field].default
+        if field not in taken and config[field] != default:
             raise _fail(config, field, f"it is an ablation of Meta-Semi's reweighting; "
                         f"config.algorithm={config.algorithm!r} takes only {default!r}")
 

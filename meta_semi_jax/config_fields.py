@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from meta_semi_jax.algorithms import ALGORITHMS
-from meta_semi_jax.algorithms.meta_semi import MIXUP_MODES, PSEUDO_LABELS
+from meta_semi_jax.algorithms.meta_semi import MIXUP_MODES, PSEUDO_LABELS, WEIGHT_RULES
 from meta_semi_jax.augment import PAD_MODES
 from meta_semi_jax.meta import META_GRAD_METHODS
 from meta_semi_jax.models import MODELS
@@ -99,7 +99,7 @@ FIELDS: dict[str, Field] = {
     "pseudo_label": Field("soft", Choice(PSEUDO_LABELS), True, "soft | one_hot"),
     "mixup": Field("both", Choice(MIXUP_MODES), True,
                    "both | unlabeled | labeled | none: which data MixUp mixes"),
-    "weights": Field("meta", Choice(("meta", "ones", "sign")), True,
+    "weights": Field("meta", Choice(WEIGHT_RULES), True,
                      "meta (Eq. 9) | ones | sign (+-1)"),
     # Steps and batches (global over all devices).
     "num_train_steps": Field(2000, POSITIVE, True, "training steps"),

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from meta_semi_jax.algorithms import ALGORITHMS, HParams, SSLBatch
+from meta_semi_jax.algorithms import Algorithm, SSLBatch
 from meta_semi_jax.batches import DeviceData
 from meta_semi_jax.data.sampler import SamplerSpec, sample_batch
 from meta_semi_jax.ema import ema_decay_at, ema_update
@@ -25,17 +25,19 @@ def apply_update(state: TrainState, grads: Any, batch_stats: Any,
         ema_batch_stats=ema_update(state.ema_batch_stats, batch_stats, decay))
 
 
-def train_step(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
-               algorithm: str = "meta_semi",
+def train_step(state: TrainState, batch: SSLBatch, key: jax.Array, algorithm: Algorithm,
+               ema_decay: float,
                axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One step of ``algorithm`` on an augmented, normalised batch; pure and jit-able.
+    """One step of ``algorithm`` (an ``algorithms.<module>.make(...)``) on an augmented,
+    normalised batch, then ``apply_update`` with maximum EMA decay ``ema_decay``; pure
+    and jit-able (``algorithm`` and ``ema_decay`` static).
 
     Use it directly with your own Flax model (``axis_name=None`` on one device), or
     inside ``shard_map``/``pmap`` over ``axis_name`` with each device holding its
     share of ``batch``: gradients, the Eq. (1) normaliser and ``g_X`` are global.
     """
-    result = ALGORITHMS[algorithm](state, batch, key, hparams, axis_name)
-    new_state = apply_update(state, result.grads, result.batch_stats, hparams.ema_decay)
+    result = algorithm.gradients(state, batch, key, axis_name)
+    new_state = apply_update(state, result.grads, result.batch_stats, ema_decay)
     return new_state, result.metrics
 
 
@@ -49,11 +51,11 @@ def step_keys(key: jax.Array, step: int | jax.Array) -> tuple[jax.Array, jax.Arr
 
 
 def device_train_step(state: TrainState, data: DeviceData, key: jax.Array, *,
-                      sampler: SamplerSpec, hparams: HParams,
-                      algorithm: str) -> tuple[TrainState, dict[str, jax.Array]]:
+                      sampler: SamplerSpec, algorithm: Algorithm,
+                      ema_decay: float) -> tuple[TrainState, dict[str, jax.Array]]:
     """The per-device program step over ``AXIS``: draw and augment this device's share
     of the batch on the device (``sampler``), then ``train_step`` of ``algorithm``.
     ``key`` is the run's key (``step_keys``)."""
     k_data, k_step = step_keys(key, state.step)
     batch = sample_batch(data, k_data, state.step, sampler, axis_name=AXIS)
-    return train_step(state, batch, k_step, hparams, algorithm, axis_name=AXIS)
+    return train_step(state, batch, k_step, algorithm, ema_decay, axis_name=AXIS)

@@ -27,8 +27,8 @@ import numpy as np
 from absl import logging
 from jax import lax
 
-from meta_semi_jax import __version__, checkpoint, config_check, data as data_lib
-from meta_semi_jax.algorithms import TWO_VIEW_ALGORITHMS, HParams, meta_semi
+from meta_semi_jax import __version__, algorithms, checkpoint, config_check, data as data_lib
+from meta_semi_jax.assumption import device_assumption_ratio
 from meta_semi_jax.augment import normalize
 from meta_semi_jax.batches import DeviceData
 from meta_semi_jax.data.host_stream import HostStream
@@ -39,21 +39,6 @@ from meta_semi_jax.optim import make_optimizer
 from meta_semi_jax.parallel import AXIS, DataParallel, bytes_on_this_process, make_mesh
 from meta_semi_jax.state import TrainState, create_train_state, model_variables
 from meta_semi_jax.step import device_train_step, step_keys
-
-
-def hparams_from_config(config: ml_collections.ConfigDict, num_classes: int) -> HParams:
-    """The step's static hyper-parameters: Meta-Semi's fields, and the running
-    algorithm's own ``config.<algorithm>`` values where it has them."""
-    own = config.get(config.algorithm)
-    own = own.to_dict() if isinstance(own, ml_collections.ConfigDict) else {}
-    views = (2 if config.algorithm in TWO_VIEW_ALGORITHMS
-             else own.get("augmentations", 1))
-    return HParams(num_classes=num_classes, beta=config.beta, meta_grad=config.meta_grad,
-                   teacher_bn_mode=config.teacher_bn_mode, ema_decay=config.ema_decay,
-                   pseudo_label=config.pseudo_label, mixup=config.mixup, weights=config.weights,
-                   alpha=own.get("alpha", 1.0), consistency_weight=own.get("weight", 0.0),
-                   rampup_steps=own.get("rampup_steps", 0),
-                   temperature=own.get("temperature", 0.5), unlabeled_views=views)
 
 
 def itstime(step: int, every: int, num_steps: int) -> bool:
@@ -239,23 +224,25 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
     if config.compute_dtype != "float32":
         state = state.replace(float32_apply_fn=create_model(
             config.model, ssl.num_classes, axis_name=axis_name).apply)
-    hparams = hparams_from_config(config, ssl.num_classes)
+    algorithm = algorithms.from_config(config, ssl.num_classes)
     unlabeled_kind = "replicated" if config.unlabeled_placement == "replicated" else "sharded"
     # DeviceData's pytree with a placement kind (str) at each leaf: dp.run's in_kinds.
     data_kinds = cast(Any, DeviceData)(
         labeled_images="replicated", labeled_labels="replicated",
         unlabeled_images=unlabeled_kind, unlabeled_labels=unlabeled_kind,
         mean="replicated", std="replicated")
-    sampler = sampler_from_config(config, hparams.unlabeled_views)
-    step_fn = dp.run(functools.partial(device_train_step, sampler=sampler, hparams=hparams,
-                                       algorithm=config.algorithm),
+    sampler = sampler_from_config(config, algorithm.unlabeled_views)
+    step_fn = dp.run(functools.partial(device_train_step, sampler=sampler, algorithm=algorithm,
+                                       ema_decay=config.ema_decay),
                      ("replicated", data_kinds, "replicated"), donate_argnums=(0,))
     ratio_fn = None
     if config.log_assumption_ratio:
+        terms = algorithm.assumption_terms
+        assert terms is not None, "config_check admits the ratio only for meta_semi"
         ratio_fn = dp.run(functools.partial(
-            meta_semi.device_assumption_ratio,
-            sampler=dataclasses.replace(sampler, unlabeled_views=1), hparams=hparams,
-            num_samples=config.assumption_ratio_samples), ("replicated", data_kinds, "replicated"))
+            device_assumption_ratio, sampler=dataclasses.replace(sampler, unlabeled_views=1),
+            terms=terms, num_samples=config.assumption_ratio_samples),
+            ("replicated", data_kinds, "replicated"))
     stream = None
     if config.unlabeled_placement == "host":
         stream = HostStream(dp, ssl.unlabeled_images, ssl.unlabeled_labels,

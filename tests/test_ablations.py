@@ -8,8 +8,8 @@ import optax
 import pytest
 
 from configs import digits
-from meta_semi_jax import config_check
-from meta_semi_jax.algorithms import HParams, SSLBatch, meta_semi
+from meta_semi_jax import algorithms, config_check
+from meta_semi_jax.algorithms import SSLBatch, meta_semi
 from meta_semi_jax.state import create_train_state
 from meta_semi_jax.step import train_step
 from tests.tiny_models import ConvBatchNormNet
@@ -34,7 +34,8 @@ def problem():
 
 def batches(problem, **switches):
     state, batch, key = problem
-    return meta_semi.mixed_batches(state, batch, key, HParams(num_classes=C, **switches))
+    return meta_semi.mixed_batches(state, batch, key,
+                                   meta_semi.Settings(num_classes=C, beta=1.0, **switches))
 
 
 def assert_same(a, b):
@@ -83,8 +84,7 @@ def test_one_hot_pseudo_labels_change_only_the_targets_of_u(problem):
 
 def test_weight_switches_keep_the_scores(problem):
     state, batch, key = problem
-    results = {rule: meta_semi.gradients(state, batch, key,
-                                         HParams(num_classes=C, weights=rule))
+    results = {rule: meta_semi.make(C, beta=1.0, weights=rule).gradients(state, batch, key)
                for rule in ("meta", "ones", "sign")}
     scores = {rule: float(r.metrics["mean_score"]) for rule, r in results.items()}
     assert scores["meta"] == scores["ones"] == scores["sign"]
@@ -95,15 +95,16 @@ def test_weight_switches_keep_the_scores(problem):
 
 def test_no_ema_makes_the_teacher_the_model_and_changes_nothing_else(problem):
     state, batch, key = problem
-    with_ema, m1 = train_step(state, batch, key, HParams(num_classes=C, ema_decay=0.999))
-    without, m0 = train_step(state, batch, key, HParams(num_classes=C, ema_decay=0.0))
+    algorithm = meta_semi.make(C, beta=1.0)
+    with_ema, m1 = train_step(state, batch, key, algorithm, ema_decay=0.999)
+    without, m0 = train_step(state, batch, key, algorithm, ema_decay=0.0)
     assert_same(without.ema_params, without.params)
     assert_same(without.ema_batch_stats, without.batch_stats)
     assert_same(without.params, with_ema.params)   # this step's update is the same
     assert_differ(with_ema.ema_params, with_ema.params)
     # From then on the pseudo labels are the model's own predictions.
     _, _, pseudo = meta_semi.mixed_batches(without, batch, key,
-                                           HParams(num_classes=C, ema_decay=0.0))
+                                           meta_semi.Settings(num_classes=C, beta=1.0))
     logits, _ = without.apply_fn({"params": without.params, "batch_stats": without.batch_stats},
                                  batch.unlabeled_images, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(pseudo, jax.nn.softmax(logits), rtol=1e-6)
@@ -129,12 +130,13 @@ def test_l2rw_takes_the_mixup_switch_but_not_the_weights():
         config_check.check_config(config, 1)
 
 
-def test_hparams_carry_the_switches():
-    from meta_semi_jax.train import hparams_from_config
+def test_the_factories_get_the_switches_and_sections_from_the_config():
     config = digits.get_config("50")
     config.mixup, config.weights, config.pseudo_label = "labeled", "sign", "one_hot"
-    hp = hparams_from_config(config, 10)
-    assert (hp.mixup, hp.weights, hp.pseudo_label) == ("labeled", "sign", "one_hot")
+    settings = algorithms.settings_from_config(config)
+    assert (settings["mixup"], settings["weights"], settings["pseudo_label"]) == (
+        "labeled", "sign", "one_hot")
     config.algorithm = "mixmatch"
-    hp = hparams_from_config(config, 10)
-    assert (hp.alpha, hp.consistency_weight, hp.unlabeled_views) == (0.75, 75.0, 2)
+    settings = algorithms.settings_from_config(config)
+    assert (settings["alpha"], settings["weight"], settings["augmentations"]) == (0.75, 75.0, 2)
+    assert algorithms.from_config(config, 10).unlabeled_views == 2

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from meta_semi_jax import unrolled_meta_gradient
-from meta_semi_jax.algorithms import ALGORITHMS, HParams, SSLBatch
+from meta_semi_jax.algorithms import ALGORITHMS, SSLBatch
 from meta_semi_jax.rampup import linear_rampup, sigmoid_rampup
 from meta_semi_jax.state import create_train_state
 
@@ -66,9 +66,10 @@ def problem():
     return state, batch, jax.random.PRNGKey(7)
 
 
-def check(algorithm, hparams, problem, reference):
+def check(algorithm, settings, problem, reference):
+    """``algorithm`` made with ``settings`` (its factory's keywords) against ``reference``."""
     state, batch, key = problem
-    result = ALGORITHMS[algorithm](state, batch, key, hparams, None)
+    result = ALGORITHMS[algorithm].make(C, **settings).gradients(state, batch, key, None)
     expected, expected_grads = jax.value_and_grad(reference)(state.params)
     np.testing.assert_allclose(result.metrics["loss"], expected, rtol=1e-5, atol=1e-6)
     for got, want in zip(jax.tree.leaves(result.grads), jax.tree.leaves(expected_grads),
@@ -87,7 +88,7 @@ def test_rampups():
 def test_supervised(problem):
     _, batch, _ = problem
     y = jax.nn.one_hot(batch.labels, C)
-    check("supervised", HParams(num_classes=C), problem,
+    check("supervised", {}, problem,
           lambda p: jnp.mean(ce(f(p, batch.labeled_images), y)))
 
 
@@ -95,13 +96,13 @@ def test_supervised_mixup(problem):
     _, batch, key = problem
     k_lam, k_perm = jax.random.split(key)
     x, y = mix(k_lam, k_perm, 0.7, batch.labeled_images, jax.nn.one_hot(batch.labels, C))
-    check("supervised_mixup", HParams(num_classes=C, alpha=0.7), problem,
+    check("supervised_mixup", {"alpha": 0.7}, problem,
           lambda p: jnp.mean(ce(f(p, x), y)))
 
 
 def test_pi_model(problem):
     state, batch, _ = problem
-    hp = HParams(num_classes=C, consistency_weight=4.0, rampup_steps=10, unlabeled_views=2)
+    hp = {"weight": 4.0, "rampup_steps": 10}
     w = 4.0 * np.exp(-5 * 0.25)  # step 5 of a 10-step sigmoid ramp-up
     y = jax.nn.one_hot(batch.labels, C)
     u1, u2 = batch.unlabeled_images, batch.extra_unlabeled_views[0]
@@ -111,7 +112,7 @@ def test_pi_model(problem):
 
 def test_mean_teacher(problem):
     state, batch, _ = problem
-    hp = HParams(num_classes=C, consistency_weight=100.0, rampup_steps=0, unlabeled_views=2)
+    hp = {"weight": 100.0, "rampup_steps": 0, "teacher_bn_mode": "train"}
     y = jax.nn.one_hot(batch.labels, C)
     teacher = jax.nn.softmax(f(state.ema_params, batch.extra_unlabeled_views[0]))
     check("mean_teacher", hp, problem, lambda p: jnp.mean(ce(f(p, batch.labeled_images), y))
@@ -127,7 +128,7 @@ def ict_reference_term(state, batch, key, alpha, weight):
 
 def test_ict(problem):
     state, batch, key = problem
-    hp = HParams(num_classes=C, alpha=0.5, consistency_weight=10.0, rampup_steps=0)
+    hp = {"alpha": 0.5, "weight": 10.0, "rampup_steps": 0, "teacher_bn_mode": "train"}
     k_lam, k_perm, k_cons = jax.random.split(key, 3)
     x, y = mix(k_lam, k_perm, 0.5, batch.labeled_images, jax.nn.one_hot(batch.labels, C))
     consistency = ict_reference_term(state, batch, k_cons, 0.5, 10.0)
@@ -136,8 +137,8 @@ def test_ict(problem):
 
 def test_mixmatch(problem):
     state, batch, key = problem
-    hp = HParams(num_classes=C, alpha=0.75, consistency_weight=75.0, rampup_steps=10,
-                 temperature=0.5, unlabeled_views=2)
+    hp = {"alpha": 0.75, "weight": 75.0, "rampup_steps": 10, "temperature": 0.5,
+          "augmentations": 2}
     views = jnp.stack([batch.unlabeled_images, batch.extra_unlabeled_views[0]])
     p_mean = (jax.nn.softmax(f(state.params, views[0]))
               + jax.nn.softmax(f(state.params, views[1]))) / 2
@@ -178,8 +179,7 @@ def meta_semi_reference(state, batch, key, beta, rule):
 def test_meta_semi_and_its_weight_ablations(problem, weights, rule):
     state, batch, key = problem
     reference, expected_w = meta_semi_reference(state, batch, key, 0.5, rule)
-    result = check("meta_semi", HParams(num_classes=C, beta=0.5, weights=weights), problem,
-                   reference)
+    result = check("meta_semi", {"beta": 0.5, "weights": weights}, problem, reference)
     assert float(result.metrics["selected"]) == pytest.approx(float(jnp.mean(expected_w > 0)))
 
 
@@ -189,12 +189,12 @@ def test_l2rw(problem):
         return jnp.maximum(s, 0) / jnp.sum(jnp.maximum(s, 0))
     reference, weights = meta_semi_reference(state, batch, key, 0.5, rule)
     assert float(jnp.sum(weights)) == pytest.approx(1.0)
-    check("l2rw", HParams(num_classes=C, beta=0.5), problem, reference)
+    check("l2rw", {"beta": 0.5}, problem, reference)
 
 
 def test_meta_semi_ict(problem):
     state, batch, key = problem
-    hp = HParams(num_classes=C, beta=0.5, alpha=0.3, consistency_weight=5.0, rampup_steps=0)
+    hp = {"beta": 0.5, "alpha": 0.3, "weight": 5.0, "rampup_steps": 0}
     meta, _ = meta_semi_reference(state, batch, key, 0.5, lambda s: (s >= 0).astype(s.dtype))
     consistency = ict_reference_term(state, batch, jax.random.fold_in(key, 1), 0.3, 5.0)
     check("meta_semi_ict", hp, problem, lambda p: meta(p) + consistency(p))

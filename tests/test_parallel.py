@@ -15,7 +15,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from meta_semi_jax import ALGORITHMS, HParams, create_train_state, meta_scores, meta_weights
+from meta_semi_jax import ALGORITHMS, algorithms, create_train_state, meta_scores, meta_weights
 from meta_semi_jax.batches import DeviceData
 from meta_semi_jax.config_base import base_config
 from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
@@ -45,17 +45,19 @@ def make_run(meta_grad: str = "jvp", algorithm: str = "meta_semi"):
     config = base_config()
     config.labeled_batch_size, config.unlabeled_batch_size = 8, 16
     config.translate, config.flip = 1, True
-    config.meta_grad, config.algorithm = meta_grad, algorithm
-    hparams = HParams(num_classes=3, beta=0.75, meta_grad=meta_grad, consistency_weight=10.0,
-                      unlabeled_views=1 if algorithm in ONE_VIEW else 2)
+    config.meta_grad, config.algorithm, config.beta = meta_grad, algorithm, 0.75
+    settings = algorithms.settings_from_config(config)
+    # An unlabeled loss at full weight from the first step, whatever the recipe says.
+    settings.update({k: v for k, v in (("weight", 10.0), ("rampup_steps", 0)) if k in settings})
+    made = ALGORITHMS[algorithm].make(3, **settings)
     state = initial_state(MODEL, OPTIMIZER, jax.random.PRNGKey(1),
                           jnp.zeros((1, 8, 8, 1)))
     # flax keeps BatchNorm statistics in float32; the float64 step returns them in
     # float64. Starting from float64 (the same zeros and ones) compiles the step once.
     state = state.replace(batch_stats=to_float64(state.batch_stats),
                           ema_batch_stats=to_float64(state.ema_batch_stats))
-    step = functools.partial(device_train_step, hparams=hparams, algorithm=algorithm,
-                             sampler=sampler_from_config(config, hparams.unlabeled_views))
+    step = functools.partial(device_train_step, algorithm=made, ema_decay=config.ema_decay,
+                             sampler=sampler_from_config(config, made.unlabeled_views))
     return state, data, step
 
 
@@ -68,8 +70,6 @@ def first_devices(count: int) -> list[jax.Device]:
 def to_float64(tree):
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
 
-
-ONE_VIEW = ("meta_semi", "meta_semi_ict", "l2rw", "ict", "supervised", "supervised_mixup")
 
 
 @functools.cache  # each configuration is compiled and run once

@@ -18,7 +18,6 @@ import optax
 import pytest
 
 from meta_semi_jax import (
-    HParams,
     SSLBatch,
     create_train_state,
     mixup_labeled_and_unlabeled,
@@ -26,10 +25,13 @@ from meta_semi_jax import (
     train_step,
     unrolled_meta_gradient,
 )
+from meta_semi_jax.algorithms import meta_semi, supervised
 from tests.tiny_models import ConvBatchNormNet
 
 ALPHA = 0.5
 NUM_CLASSES = 4
+META_SEMI = meta_semi.make(NUM_CLASSES, beta=0.75, meta_grad="jvp")
+SUPERVISED = supervised.make(NUM_CLASSES)
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # conftest.py
@@ -85,7 +87,7 @@ def algorithm_1_step(model, state, batch, key, beta):
     return new_params, batch_stats, weights, meta_grad
 
 
-jitted_train_step = jax.jit(train_step, static_argnames=("hparams", "algorithm"))
+jitted_train_step = jax.jit(train_step, static_argnames=("algorithm", "ema_decay"))
 jitted_algorithm_1_step = jax.jit(algorithm_1_step, static_argnums=(0, 4))
 
 
@@ -93,8 +95,8 @@ jitted_algorithm_1_step = jax.jit(algorithm_1_step, static_argnums=(0, 4))
 def test_train_step_equals_algorithm_1(seed):
     model, state, batch = make_inputs(seed)
     key = jax.random.PRNGKey(10 + seed)
-    hparams = HParams(num_classes=NUM_CLASSES, beta=0.75, meta_grad="jvp")
-    new_state, metrics = jitted_train_step(state, batch, key, hparams=hparams)
+    new_state, metrics = jitted_train_step(state, batch, key, algorithm=META_SEMI,
+                                           ema_decay=0.999)
 
     ref_params, ref_batch_stats, weights, meta_grad = jitted_algorithm_1_step(
         model, state, batch, key, 0.75)
@@ -115,8 +117,7 @@ def test_train_step_equals_algorithm_1(seed):
 
 def test_supervised_step_is_cross_entropy_on_labeled_data_only():
     model, state, batch = make_inputs()
-    hparams = HParams(num_classes=NUM_CLASSES)
-    new_state, _ = train_step(state, batch, jax.random.PRNGKey(0), hparams, "supervised")
+    new_state, _ = train_step(state, batch, jax.random.PRNGKey(0), SUPERVISED, 0.999)
 
     def mean_ce(params):
         logits, _ = model.apply({"params": params, "batch_stats": state.batch_stats},
@@ -129,7 +130,7 @@ def test_supervised_step_is_cross_entropy_on_labeled_data_only():
                  new_state.params, expected)
     # The unlabeled images do not matter.
     other = batch.replace(unlabeled_images=batch.unlabeled_images + 5.0)
-    other_state, _ = train_step(state, other, jax.random.PRNGKey(0), hparams, "supervised")
+    other_state, _ = train_step(state, other, jax.random.PRNGKey(0), SUPERVISED, 0.999)
     jax.tree.map(np.testing.assert_array_equal, other_state.params, new_state.params)
 
 

@@ -40,14 +40,15 @@ initial_state = jax.jit(ms.create_train_state, static_argnums=(0, 1))
 def test_jitted_train_step_with_a_user_model(model_cls, algorithm):
     model = model_cls(num_classes=5)
     state = initial_state(model, OPTIMIZER, jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))
-    hparams = ms.HParams(num_classes=5, beta=1.0, meta_grad="jvp", ema_decay=0.999)
-    step = jax.jit(ms.train_step, static_argnames=("hparams", "algorithm"))
+    made = {"meta_semi": lambda: ms.algorithms.meta_semi.make(5, beta=1.0, meta_grad="jvp"),
+            "supervised": lambda: ms.algorithms.supervised.make(5)}[algorithm]()
+    step = jax.jit(ms.train_step, static_argnames=("algorithm", "ema_decay"))
     rng = np.random.default_rng(1)
     batch = ms.SSLBatch(labeled_images=rng.standard_normal((4, 6, 6, 3), np.float32),
                         labels=rng.integers(0, 5, (4,), np.int32),
                         unlabeled_images=rng.standard_normal((12, 6, 6, 3), np.float32))
-    new_state, metrics = step(state, batch, jax.random.PRNGKey(2), hparams=hparams,
-                              algorithm=algorithm)
+    new_state, metrics = step(state, batch, jax.random.PRNGKey(2), algorithm=made,
+                              ema_decay=0.999)
     assert int(new_state.step) == 1
     assert np.isfinite(float(metrics["loss"]))
     assert not np.allclose(new_state.params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])

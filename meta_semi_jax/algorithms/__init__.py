@@ -1,9 +1,19 @@
-"""One module per method; each exposes ``gradients(state, batch, key, hparams, axis_name)``.
+"""One module per method, each with a ``make`` factory that returns an ``Algorithm``.
 
 ``config.algorithm`` picks one; every method runs through the same step, loop and
-evaluation. Each module's docstring says where its hyper-parameters come from.
+evaluation. A factory takes the number of classes and its own settings as keywords:
+the fields of the config's section ``config.<algorithm>`` (the baselines' recipes,
+``config_base.set_baseline_recipes``) and the top-level fields it names in
+``ALGORITHMS`` (Meta-Semi's settings live at the top level). Each module's docstring
+says where its values come from. Adding a method touches its module, its recipe and
+its entry below.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import ml_collections
 
 from meta_semi_jax.algorithms import (
     ict,
@@ -16,24 +26,45 @@ from meta_semi_jax.algorithms import (
     supervised,
     supervised_mixup,
 )
-from meta_semi_jax.algorithms.common import GradientFn, Gradients, HParams, SSLBatch
+from meta_semi_jax.algorithms.common import Algorithm, GradientFn, Gradients, SSLBatch
 
-ALGORITHMS: dict[str, GradientFn] = {
-    "supervised": supervised.gradients,
-    "supervised_mixup": supervised_mixup.gradients,
-    "pi_model": pi_model.gradients,
-    "mean_teacher": mean_teacher.gradients,
-    "ict": ict.gradients,
-    "mixmatch": mixmatch.gradients,
-    "l2rw": l2rw.gradients,
-    "meta_semi": meta_semi.gradients,
-    "meta_semi_ict": meta_semi_ict.gradients,
+
+class Entry(NamedTuple):
+    """An algorithm's factory and the top-level config fields it takes."""
+    make: Callable[..., Algorithm]
+    top_level_fields: tuple[str, ...] = ()
+
+
+# Meta-Semi's settings, the top-level config fields of the methods built on it.
+META_SEMI_FIELDS = ("beta", "meta_grad", "teacher_bn_mode", "pseudo_label", "mixup", "weights")
+
+ALGORITHMS: dict[str, Entry] = {
+    "supervised": Entry(supervised.make),
+    "supervised_mixup": Entry(supervised_mixup.make),
+    "pi_model": Entry(pi_model.make),
+    "mean_teacher": Entry(mean_teacher.make, ("teacher_bn_mode",)),
+    "ict": Entry(ict.make, ("teacher_bn_mode",)),
+    "mixmatch": Entry(mixmatch.make),
+    # Learning to Reweight brings its own weights.
+    "l2rw": Entry(l2rw.make, tuple(f for f in META_SEMI_FIELDS if f != "weights")),
+    "meta_semi": Entry(meta_semi.make, META_SEMI_FIELDS),
+    "meta_semi_ict": Entry(meta_semi_ict.make, META_SEMI_FIELDS),
 }
 
-# Algorithms whose loss compares two augmentations of each unlabeled image.
-TWO_VIEW_ALGORITHMS: tuple[str, ...] = ("pi_model", "mean_teacher")
-# Algorithms that run Meta-Semi's reweighting (its switches and diagnostics apply).
-META_ALGORITHMS: tuple[str, ...] = ("meta_semi", "meta_semi_ict", "l2rw")
 
-__all__ = ["ALGORITHMS", "GradientFn", "Gradients", "HParams", "META_ALGORITHMS", "SSLBatch",
-           "TWO_VIEW_ALGORITHMS"]
+def settings_from_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The keywords ``config.algorithm``'s factory takes: its top-level fields and its
+    own section's fields."""
+    entry = ALGORITHMS[config.algorithm]
+    section = config.get(config.algorithm)
+    own = section.to_dict() if isinstance(section, ml_collections.ConfigDict) else {}
+    return {**{name: config[name] for name in entry.top_level_fields}, **own}
+
+
+def from_config(config: ml_collections.ConfigDict, num_classes: int) -> Algorithm:
+    """``config.algorithm`` made with its settings from ``config``."""
+    return ALGORITHMS[config.algorithm].make(num_classes, **settings_from_config(config))
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "Entry", "GradientFn", "Gradients", "META_SEMI_FIELDS",
+           "SSLBatch", "from_config", "settings_from_config"]

@@ -1,7 +1,6 @@
 """What every algorithm's gradient function takes and returns, and shared pieces."""
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -11,46 +10,10 @@ from jax import lax
 
 from meta_semi_jax.batches import SSLBatch
 from meta_semi_jax.losses import soft_cross_entropy, softmax_mse
-from meta_semi_jax.meta import MetaGradMethod
 from meta_semi_jax.mixup import Mixed, mixup_with_shuffle
 from meta_semi_jax.parallel import axis_size, gather_global, local_shard
 from meta_semi_jax.rampup import linear_rampup, sigmoid_rampup
 from meta_semi_jax.state import TrainState, model_variables
-
-
-@dataclasses.dataclass(frozen=True)
-class HParams:
-    """Static hyper-parameters of a step (hashable, so they can be jit-static).
-
-    Meta-Semi: beta: Beta(beta, beta) of MixUp (Eqs. 12-13). meta_grad: how the meta
-    scores are computed (``meta.META_GRAD_METHODS``). teacher_bn_mode: ``"train"``
-    normalises the EMA teacher with the unlabeled batch's statistics when it makes
-    pseudo labels (ICT's code does this), ``"eval"`` with its running averages.
-    ema_decay: maximum EMA decay (0 turns the EMA off: the teacher is the model).
-    The Table 5 ablations: pseudo_label ``soft`` | ``one_hot``; mixup ``both`` |
-    ``unlabeled`` | ``labeled`` | ``none`` (which of Eqs. 12, 13 mix); weights ``meta``
-    (Eq. 9) | ``ones`` | ``sign`` (+-1) | ``l2rw`` (Learning to Reweight's rule).
-
-    The baselines' own hyper-parameters (each module's docstring says which it reads):
-    alpha: their MixUp's Beta(alpha, alpha); consistency_weight: the maximum weight of
-    their unlabeled loss (w of Eq. 14 for ``meta_semi_ict``); rampup_steps: steps of
-    its ramp-up; temperature: MixMatch's sharpening T; unlabeled_views: augmented
-    views of each unlabeled image the algorithm needs (Pi-model, Mean Teacher: 2;
-    MixMatch: K).
-    """
-    num_classes: int
-    beta: float = 1.0
-    meta_grad: MetaGradMethod = "jvp"
-    teacher_bn_mode: str = "train"
-    ema_decay: float = 0.999
-    pseudo_label: str = "soft"
-    mixup: str = "both"
-    weights: str = "meta"
-    alpha: float = 1.0
-    consistency_weight: float = 0.0
-    rampup_steps: int = 0
-    temperature: float = 0.5
-    unlabeled_views: int = 1
 
 
 class Gradients(NamedTuple):
@@ -61,7 +24,25 @@ class Gradients(NamedTuple):
     metrics: dict[str, jax.Array]
 
 
-GradientFn = Callable[[TrainState, SSLBatch, jax.Array, HParams, "str | None"], Gradients]
+# (state, batch, key, axis_name) -> Gradients; ``key`` is equal on every device.
+GradientFn = Callable[[TrainState, SSLBatch, jax.Array, "str | None"], Gradients]
+# (state, batch, key, axis_name) -> (||grad L_meta||^2, grad G(X~)): Assumption 1's sides.
+AssumptionTerms = Callable[[TrainState, SSLBatch, jax.Array, "str | None"], tuple[jax.Array, Any]]
+
+
+class Algorithm(NamedTuple):
+    """An algorithm as the step sees it, made by its module's ``make`` factory (like
+    optax's transformations) with its own settings closed over.
+
+    gradients: ``(state, batch, key, axis_name) -> Gradients``.
+    unlabeled_views: augmented views of each unlabeled image it reads from the batch
+    (``SSLBatch.unlabeled_views``); the sampler draws that many.
+    assumption_terms: the two sides of Assumption 1 for one batch, for the
+    ``log_assumption_ratio`` diagnostic; None where the assumption is not about it.
+    """
+    gradients: GradientFn
+    unlabeled_views: int = 1
+    assumption_terms: AssumptionTerms | None = None
 
 
 def pmean_if(tree: Any, axis_name: str | None) -> Any:
@@ -100,10 +81,11 @@ def mix_global(key: jax.Array, inputs: jax.Array, targets: jax.Array, lam: jax.A
     return local_shard(mixup_with_shuffle(key, global_inputs, global_targets, lam), axis_name)
 
 
-def unlabeled_loss_weight(state: TrainState, hparams: HParams, ramp: str) -> jax.Array:
-    """``consistency_weight`` times its ramp-up (``"sigmoid"`` or ``"linear"``) at this step."""
+def ramped_weight(state: TrainState, weight: float, rampup_steps: int, ramp: str) -> jax.Array:
+    """``weight`` (an unlabeled loss's maximum weight) times its ramp-up over
+    ``rampup_steps`` (``"sigmoid"`` or ``"linear"``) at this step."""
     shape = sigmoid_rampup if ramp == "sigmoid" else linear_rampup
-    return hparams.consistency_weight * shape(state.step, hparams.rampup_steps)
+    return weight * shape(state.step, rampup_steps)
 
 
 def gradients_of(objective: Callable[[Any], tuple[jax.Array, Any]], state: TrainState,
@@ -117,23 +99,32 @@ def gradients_of(objective: Callable[[Any], tuple[jax.Array, Any]], state: Train
                      {"loss": psum_if(loss, axis_name), **metrics(aux)})
 
 
-def per_example_loss_fn(state: TrainState, float32: bool = False
-                        ) -> Callable[[Any, tuple[jax.Array, jax.Array]], jax.Array]:
-    """``loss_fn(params, (inputs, soft_targets)) -> [B]`` in train mode, for ``meta_scores``.
-
-    BatchNorm normalises with the batch's statistics (as in the training forward pass);
-    the statistics it would update are discarded, so they are updated once per step.
-    ``float32=True`` runs the model in float32 when the state has a lower-precision
-    ``apply_fn`` (and a ``float32_apply_fn``).
-    """
+def per_example_losses_and_stats(state: TrainState, float32: bool = False
+                                 ) -> Callable[[Any, tuple[jax.Array, jax.Array]],
+                                               tuple[jax.Array, Any]]:
+    """``fn(params, (inputs, soft_targets)) -> ([B] losses, batch_stats)`` in train mode:
+    BatchNorm normalises with the batch's statistics, as in the training forward pass,
+    and the statistics it would update come second. ``float32=True`` runs the model in
+    float32 when the state has a lower-precision ``apply_fn`` (and a
+    ``float32_apply_fn``)."""
     if float32 and state.float32_apply_fn is not None:
         state = state.replace(apply_fn=state.float32_apply_fn)
 
-    def loss_fn(params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+    def losses_and_stats(params: Any, batch: tuple[jax.Array, jax.Array]
+                         ) -> tuple[jax.Array, Any]:
         inputs, targets = batch
-        logits, _ = forward_train(state, params, inputs)
-        return soft_cross_entropy(logits, targets)
-    return loss_fn
+        logits, batch_stats = forward_train(state, params, inputs)
+        return soft_cross_entropy(logits, targets), batch_stats
+    return losses_and_stats
+
+
+def per_example_loss_fn(state: TrainState, float32: bool = False
+                        ) -> Callable[[Any, tuple[jax.Array, jax.Array]], jax.Array]:
+    """``loss_fn(params, (inputs, soft_targets)) -> [B]`` in train mode, for ``meta_scores``:
+    ``per_example_losses_and_stats`` with the statistics discarded (a step updates them
+    once, in its training forward pass)."""
+    losses_and_stats = per_example_losses_and_stats(state, float32)
+    return lambda params, batch: losses_and_stats(params, batch)[0]
 
 
 def pseudo_label_diagnostics(pseudo: jax.Array, hidden_labels: jax.Array,

@@ -16,8 +16,8 @@ from typing import Any
 import jax
 
 from meta_semi_jax.algorithms.common import (
+    Algorithm,
     Gradients,
-    HParams,
     SSLBatch,
     forward_train,
     global_mean,
@@ -25,48 +25,57 @@ from meta_semi_jax.algorithms.common import (
     mix_global,
     pseudo_labels,
     psum_if,
-    unlabeled_loss_weight,
+    ramped_weight,
 )
 from meta_semi_jax.losses import soft_cross_entropy, softmax_mse
 from meta_semi_jax.mixup import sample_mixup_lambda
 from meta_semi_jax.state import TrainState
 
 
-def consistency_term(state: TrainState, unlabeled_images: jax.Array, hparams: HParams,
-                     axis_name: str | None):
+def consistency_term(state: TrainState, unlabeled_images: jax.Array, *, alpha: float,
+                     weight: float, rampup_steps: int, axis_name: str | None):
     """ICT's weighted interpolation-consistency loss as a function
     ``(params, batch_stats, key, teacher_probs) -> (device share, batch_stats)``: the
-    student on ``Mix_lam(u_j, u_k)`` against ``Mix_lam`` of the teacher's
-    probabilities, weighted by ``w(t) = consistency_weight * sigmoid ramp-up``."""
-    weight = unlabeled_loss_weight(state, hparams, "sigmoid")
+    student on ``Mix_lam(u_j, u_k)``, ``lam ~ Beta(alpha, alpha)``, against ``Mix_lam``
+    of the teacher's probabilities, weighted by ``weight`` times its sigmoid ramp-up
+    over ``rampup_steps``."""
+    ramped = ramped_weight(state, weight, rampup_steps, "sigmoid")
 
     def term(params: Any, batch_stats: Any, key: jax.Array,
              teacher_probs: jax.Array) -> tuple[jax.Array, Any]:
         k_lam, k_perm = jax.random.split(key)
         mixed = mix_global(k_perm, unlabeled_images, jax.lax.stop_gradient(teacher_probs),
-                           sample_mixup_lambda(k_lam, hparams.alpha), axis_name)
+                           sample_mixup_lambda(k_lam, alpha), axis_name)
         logits, batch_stats = forward_train(state, params, mixed.inputs, batch_stats)
-        return weight * global_mean(softmax_mse(logits, mixed.targets), axis_name), batch_stats
+        return ramped * global_mean(softmax_mse(logits, mixed.targets), axis_name), batch_stats
 
     return term
 
 
-def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
-              axis_name: str | None = None) -> Gradients:
-    """Global gradients of ICT's loss for one batch (``key`` equal on every device)."""
-    k_lam, k_perm, k_consistency = jax.random.split(key, 3)
-    mixed_x = mix_global(k_perm, batch.labeled_images,
-                         jax.nn.one_hot(batch.labels, hparams.num_classes),
-                         sample_mixup_lambda(k_lam, hparams.alpha), axis_name)
-    teacher = pseudo_labels(state, batch.unlabeled_images, hparams.teacher_bn_mode)
-    consistency = consistency_term(state, batch.unlabeled_images, hparams, axis_name)
+def make(num_classes: int, *, alpha: float, weight: float, rampup_steps: int,
+         teacher_bn_mode: str) -> Algorithm:
+    """ICT with Beta(alpha, alpha) for both MixUps, maximum consistency weight ``weight``
+    ramped up over ``rampup_steps``, and the EMA teacher's BatchNorm in
+    ``teacher_bn_mode``."""
+    def gradients(state: TrainState, batch: SSLBatch, key: jax.Array,
+                  axis_name: str | None = None) -> Gradients:
+        k_lam, k_perm, k_consistency = jax.random.split(key, 3)
+        mixed_x = mix_global(k_perm, batch.labeled_images,
+                             jax.nn.one_hot(batch.labels, num_classes),
+                             sample_mixup_lambda(k_lam, alpha), axis_name)
+        teacher = pseudo_labels(state, batch.unlabeled_images, teacher_bn_mode)
+        consistency = consistency_term(state, batch.unlabeled_images, alpha=alpha,
+                                       weight=weight, rampup_steps=rampup_steps,
+                                       axis_name=axis_name)
 
-    def objective(params: Any):
-        logits, batch_stats = forward_train(state, params, mixed_x.inputs)
-        supervised = global_mean(soft_cross_entropy(logits, mixed_x.targets), axis_name)
-        weighted, batch_stats = consistency(params, batch_stats, k_consistency, teacher)
-        return supervised + weighted, (batch_stats, supervised)
+        def objective(params: Any):
+            logits, batch_stats = forward_train(state, params, mixed_x.inputs)
+            supervised = global_mean(soft_cross_entropy(logits, mixed_x.targets), axis_name)
+            weighted, batch_stats = consistency(params, batch_stats, k_consistency, teacher)
+            return supervised + weighted, (batch_stats, supervised)
 
-    return gradients_of(objective, state, lambda supervised: {
-        "labeled_loss": psum_if(supervised, axis_name),
-        "consistency_weight": unlabeled_loss_weight(state, hparams, "sigmoid")}, axis_name)
+        return gradients_of(objective, state, lambda supervised: {
+            "labeled_loss": psum_if(supervised, axis_name),
+            "consistency_weight": ramped_weight(state, weight, rampup_steps, "sigmoid")},
+            axis_name)
+    return Algorithm(gradients)

@@ -10,16 +10,21 @@ sigmoid ramp-up over the first quarter of training, ``.alpha`` as ICT's).
 """
 from __future__ import annotations
 
-import jax
-
 from meta_semi_jax.algorithms import ict, meta_semi
-from meta_semi_jax.algorithms.common import Gradients, HParams, SSLBatch
+from meta_semi_jax.algorithms.common import Algorithm, SSLBatch
+from meta_semi_jax.meta import MetaGradMethod
 from meta_semi_jax.state import TrainState
 
 
-def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
-              axis_name: str | None = None) -> Gradients:
-    """Global gradients of Eq. (14) for one batch (``key`` equal on every device)."""
-    return meta_semi.gradients(
-        state, batch, key, hparams, axis_name,
-        extra_loss=ict.consistency_term(state, batch.unlabeled_images, hparams, axis_name))
+def make(num_classes: int, *, alpha: float, weight: float, rampup_steps: int, beta: float,
+         meta_grad: MetaGradMethod = "jvp", teacher_bn_mode: str = "train",
+         pseudo_label: str = "soft", mixup: str = "both", weights: str = "meta") -> Algorithm:
+    """Meta-Semi's ``make`` (``beta`` ... ``weights``) plus ICT's consistency term with
+    Beta(alpha, alpha) and weight ``weight`` ramped up over ``rampup_steps``."""
+    def consistency(state: TrainState, batch: SSLBatch, axis_name: str | None
+                    ) -> meta_semi.ExtraLoss:
+        return ict.consistency_term(state, batch.unlabeled_images, alpha=alpha, weight=weight,
+                                    rampup_steps=rampup_steps, axis_name=axis_name)
+    return meta_semi.reweighting(
+        meta_semi.Settings(num_classes, beta, meta_grad, teacher_bn_mode, pseudo_label, mixup),
+        meta_semi.WEIGHT_RULES[weights], extra_loss=consistency)

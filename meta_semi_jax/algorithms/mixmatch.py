@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 
 from meta_semi_jax.algorithms.common import (
+    Algorithm,
     Gradients,
-    HParams,
     SSLBatch,
     forward_train,
     labeled_and_consistency_gradients,
-    unlabeled_loss_weight,
+    ramped_weight,
 )
 from meta_semi_jax.mixup import Mixed, mixup_with_shuffle, sample_mixup_lambda
 from meta_semi_jax.parallel import gather_global, local_shard
@@ -76,14 +76,18 @@ def mixed_batch(key: jax.Array, labeled_images: jax.Array, one_hot_labels: jax.A
     return mixed_x, Mixed(*(flat(a) for a in mixed_u))
 
 
-def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
-              axis_name: str | None = None) -> Gradients:
-    """Global gradients of MixMatch's loss for one batch (``key`` equal on every device)."""
-    views = batch.unlabeled_views()
-    mixed_x, mixed_u = mixed_batch(
-        key, batch.labeled_images, jax.nn.one_hot(batch.labels, hparams.num_classes), views,
-        guessed_labels(state, views, hparams.temperature), hparams.alpha, axis_name)
-    return labeled_and_consistency_gradients(
-        state, mixed_x.inputs, mixed_x.targets, mixed_u.inputs,
-        lambda params, batch_stats: (mixed_u.targets, batch_stats),
-        unlabeled_loss_weight(state, hparams, "linear"), axis_name)
+def make(num_classes: int, *, alpha: float, weight: float, rampup_steps: int,
+         temperature: float, augmentations: int) -> Algorithm:
+    """MixMatch with Beta(alpha, alpha), ``lambda_u = weight`` ramped up linearly over
+    ``rampup_steps``, sharpening temperature T and K = ``augmentations`` unlabeled views."""
+    def gradients(state: TrainState, batch: SSLBatch, key: jax.Array,
+                  axis_name: str | None = None) -> Gradients:
+        views = batch.unlabeled_views()
+        mixed_x, mixed_u = mixed_batch(
+            key, batch.labeled_images, jax.nn.one_hot(batch.labels, num_classes), views,
+            guessed_labels(state, views, temperature), alpha, axis_name)
+        return labeled_and_consistency_gradients(
+            state, mixed_x.inputs, mixed_x.targets, mixed_u.inputs,
+            lambda params, batch_stats: (mixed_u.targets, batch_stats),
+            ramped_weight(state, weight, rampup_steps, "linear"), axis_name)
+    return Algorithm(gradients, unlabeled_views=augmentations)

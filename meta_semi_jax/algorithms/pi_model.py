@@ -6,7 +6,7 @@ with the gradient through both branches, as in the original. Recipe (Laine & Ail
 ``w(t)`` ramps up with ``exp(-5 (1 - t/T)^2)`` over the first 80 epochs to
 ``w_max = 100 * num_labels / num_train_images`` (their scaling of the weight by the
 labeled fraction), ``config.pi_model.weight`` / ``.rampup_steps``. The two views come
-from ``batch.extra_unlabeled_views`` (``unlabeled_views=2``); CNN-13 has no dropout
+from ``batch.unlabeled_views()`` (the factory asks for two); CNN-13 has no dropout
 here (Appendix C), so augmentation is the only noise.
 """
 from __future__ import annotations
@@ -14,27 +14,30 @@ from __future__ import annotations
 import jax
 
 from meta_semi_jax.algorithms.common import (
+    Algorithm,
     Gradients,
-    HParams,
     SSLBatch,
     forward_train,
     labeled_and_consistency_gradients,
-    unlabeled_loss_weight,
+    ramped_weight,
 )
 from meta_semi_jax.state import TrainState
 
 
-def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
-              axis_name: str | None = None) -> Gradients:
-    """Global gradients of the Pi-model loss on one batch with two unlabeled views."""
-    del key
-    views = batch.unlabeled_views()
+def make(num_classes: int, *, weight: float, rampup_steps: int) -> Algorithm:
+    """The Pi-model with maximum consistency weight ``weight``, ramped up over
+    ``rampup_steps``; it reads two unlabeled views."""
+    def gradients(state: TrainState, batch: SSLBatch, key: jax.Array,
+                  axis_name: str | None = None) -> Gradients:
+        del key
+        views = batch.unlabeled_views()
 
-    def second_view_predictions(params, batch_stats):
-        logits, batch_stats = forward_train(state, params, views[1], batch_stats)
-        return jax.nn.softmax(logits), batch_stats
+        def second_view_predictions(params, batch_stats):
+            logits, batch_stats = forward_train(state, params, views[1], batch_stats)
+            return jax.nn.softmax(logits), batch_stats
 
-    return labeled_and_consistency_gradients(
-        state, batch.labeled_images, jax.nn.one_hot(batch.labels, hparams.num_classes),
-        views[0], second_view_predictions, unlabeled_loss_weight(state, hparams, "sigmoid"),
-        axis_name)
+        return labeled_and_consistency_gradients(
+            state, batch.labeled_images, jax.nn.one_hot(batch.labels, num_classes), views[0],
+            second_view_predictions, ramped_weight(state, weight, rampup_steps, "sigmoid"),
+            axis_name)
+    return Algorithm(gradients, unlabeled_views=2)

@@ -6,8 +6,8 @@ from typing import Any
 import jax
 
 from meta_semi_jax.algorithms.common import (
+    Algorithm,
     Gradients,
-    HParams,
     SSLBatch,
     forward_train,
     global_mean,
@@ -26,10 +26,12 @@ def labeled_objective(state: TrainState, images: jax.Array, targets: jax.Array,
     return objective
 
 
-def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, hparams: HParams,
-              axis_name: str | None = None) -> Gradients:
+def make(num_classes: int) -> Algorithm:
     """Mean cross-entropy over the global labeled batch; the unlabeled data is unused."""
-    del key
-    targets = jax.nn.one_hot(batch.labels, hparams.num_classes)
-    return gradients_of(labeled_objective(state, batch.labeled_images, targets, axis_name),
-                        state, lambda _: {}, axis_name)
+    def gradients(state: TrainState, batch: SSLBatch, key: jax.Array,
+                  axis_name: str | None = None) -> Gradients:
+        del key
+        targets = jax.nn.one_hot(batch.labels, num_classes)
+        return gradients_of(labeled_objective(state, batch.labeled_images, targets, axis_name),
+                            state, lambda _: {}, axis_name)
+    return Algorithm(gradients)
