@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from meta_semi_jax import data as data_lib, train
+from meta_semi_jax import build, data as data_lib
 from meta_semi_jax.config_base import base_config
 from meta_semi_jax.data.split import SplitIndices
 
@@ -103,7 +103,7 @@ def time_row(workload: Workload, model: str, row: str, steps: int,
     config.labeled_batch_size = workload.labeled_batch_size
     config.unlabeled_batch_size = workload.unlabeled_batch_size
     config.translate, config.flip = 2, True
-    training = train.build_training(config, synthetic_data(workload))
+    training = build.build_training(config, synthetic_data(workload))
     state, data, key = training.state, training.data, training.run_key
     compiled = training.step_fn.lower(state, data, key).compile()
     for _ in range(1 + warmup):

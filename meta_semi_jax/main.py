@@ -6,6 +6,7 @@ before any compute with one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
+import contextlib
 import logging as std_logging
 import os
 import re
@@ -18,6 +19,7 @@ from ml_collections import config_flags
 from meta_semi_jax import train
 from meta_semi_jax.config_check import ConfigError
 from meta_semi_jax.data import DataError
+from meta_semi_jax.loop import NonFiniteError, Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and its argument, e.g. configs/digits.py:50.", lock_config=True)
@@ -33,7 +35,7 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_USAGE = 2
-# The terminal's stderr, kept aside: train.check_resumable silences file descriptor 2
+# The terminal's stderr, kept aside: stderr_closed_if_it_fails silences file descriptor 2
 # when a damaged checkpoint leaves tensorstore threads that print at random moments.
 _USER_STDERR = os.dup(2)
 EXIT_DIVERGED = 3
@@ -64,6 +66,27 @@ def _exit_with(message: str, status: int = EXIT_USAGE) -> None:
     sys.stderr.flush()
     os.write(_USER_STDERR, f"error: {message}\n".encode())
     os._exit(status)
+
+
+@contextlib.contextmanager
+def stderr_closed_if_it_fails():
+    """Points file descriptor 2 at /dev/null for the block and leaves it there if the
+    block raises: after a failed checkpoint read, tensorstore threads call into orbax's
+    closed event loop and print tracebacks at random moments, in front of the one error
+    line (which ``_exit_with`` writes to the terminal's stderr, kept aside)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    except BaseException:
+        raise
+    else:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+    finally:
+        os.close(devnull)
+        os.close(saved)
 
 
 def one_line(message: str) -> str:
@@ -124,12 +147,13 @@ def main(argv: list[str]) -> None:
     initialize_processes()
     try:
         # --workdir is required (mark_flags_as_required): absl refuses None before main.
-        train.train_and_evaluate(_CONFIG.value, cast(str, _WORKDIR.value))
+        train.train_and_evaluate(_CONFIG.value, cast(str, _WORKDIR.value),
+                                 quiet_checkpoint_reads=stderr_closed_if_it_fails)
     except (ConfigError, DataError) as e:
         _exit_with(str(e))
-    except train.Preempted as e:
+    except Preempted as e:
         logging.warning("%s", e)
-    except train.NonFiniteError as e:
+    except NonFiniteError as e:
         _exit_with(str(e), EXIT_DIVERGED)
 
 

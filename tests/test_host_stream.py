@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from meta_semi_jax import data as data_lib, train
+from meta_semi_jax import build, data as data_lib, train
 from tests.run_files import load_config, records_without_time, without_time
 
 
@@ -22,7 +22,7 @@ def test_devices_hold_only_the_steps_unlabeled_batch():
     config = digits_config("host")
     raw = data_lib.load_raw(config)
     ssl = data_lib.split_dataset(raw, data_lib.split_indices(config, raw))
-    training = train.build_training(config, ssl)
+    training = build.build_training(config, ssl)
     batch = training.data.unlabeled_images
     assert batch.shape == (config.unlabeled_batch_size,) + ssl.unlabeled_images.shape[1:]
     assert [s.data.shape[0] for s in batch.addressable_shards] == [

@@ -221,6 +221,6 @@ def test_missing_config_file_is_one_line(tmp_path):
 
 
 def test_actions_are_due_at_each_multiple_and_after_the_last_step():
-    from meta_semi_jax.train import itstime
+    from meta_semi_jax.loop import itstime
     assert [s for s in range(1, 101) if itstime(s, 30, 100)] == [30, 60, 90, 100]
     assert [s for s in range(1, 91) if itstime(s, 15, 90)] == [15, 30, 45, 60, 75, 90]

@@ -17,10 +17,10 @@ from jax.sharding import PartitionSpec as P
 
 from meta_semi_jax import ALGORITHMS, algorithms, create_train_state, meta_scores, meta_weights
 from meta_semi_jax.batches import DeviceData
+from meta_semi_jax.build import sampler_from_config
 from meta_semi_jax.config_base import base_config
 from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
 from meta_semi_jax.step import device_train_step
-from meta_semi_jax.train import sampler_from_config
 from tests.tiny_models import ConvBatchNormNet
 
 # Conv -> BatchNorm (synchronised over AXIS) -> ReLU -> pool -> Dense, in float64.

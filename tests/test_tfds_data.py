@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from meta_semi_jax import data as data_lib, train
+from meta_semi_jax import build, data as data_lib, train
 from meta_semi_jax.config_check import ConfigError
 from meta_semi_jax.data import DataError, stl10_folds
 from tests.run_files import load_config
@@ -147,7 +147,7 @@ def test_main_trains_on_mocked_cifar10(mock_tfds, tmp_path):
 
 
 def run_steps(config, ssl, num_steps=3):
-    training = train.build_training(config, ssl)
+    training = build.build_training(config, ssl)
     state = training.state
     with jax.transfer_guard("disallow"):  # no implicit host<->device copy in a step
         for _ in range(num_steps):
@@ -174,7 +174,7 @@ def test_sharded_unlabeled_pool_each_device_holds_a_quarter(mock_tfds, tmp_path)
     config.unlabeled_placement = "sharded"
     raw = data_lib.load_raw(config)
     ssl = data_lib.split_dataset(raw, data_lib.split_indices(config, raw))
-    training = train.build_training(config, ssl)
+    training = build.build_training(config, ssl)
     pool = training.data.unlabeled_images
     assert len(pool.addressable_shards) == 4
     assert ({shard.data.shape[0] for shard in pool.addressable_shards}

@@ -1,0 +1,135 @@
+"""Setting a run up: its data loaded and checked, the model and train state, the data
+on the devices, and the compiled per-device programs (``build_training``)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, cast
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from meta_semi_jax import algorithms, config_check, data as data_lib
+from meta_semi_jax.assumption import device_assumption_ratio
+from meta_semi_jax.batches import DeviceData
+from meta_semi_jax.data.host_stream import HostStream
+from meta_semi_jax.data.sampler import SamplerSpec
+from meta_semi_jax.evaluation import Evaluator
+from meta_semi_jax.models import create_model
+from meta_semi_jax.optim import make_optimizer
+from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
+from meta_semi_jax.run_dir import check_same_split
+from meta_semi_jax.state import TrainState, create_train_state
+from meta_semi_jax.step import device_train_step, step_keys
+
+
+def load_checked_data(config: ml_collections.ConfigDict, workdir: str) -> data_lib.SSLData:
+    """Loads and splits the dataset, checking the config against it on the way, and the
+    split against the one a previous run in ``workdir`` used (``split.json``)."""
+    num_classes, _ = data_lib.dataset_facts(config)
+    fold_size = data_lib.fold_size(config)
+    config_check.check_label_counts(config, num_classes, fold_size)
+    raw = data_lib.load_raw(config)
+    if fold_size is None:
+        config_check.check_pool_size(
+            config, data_lib.max_labels_per_class(raw.train_labels, num_classes,
+                                                  config.num_validation), num_classes)
+    split = data_lib.split_indices(config, raw)
+    check_same_split(workdir, split)
+    ssl = data_lib.split_dataset(raw, split)
+    config_check.check_batch_sizes(config, len(ssl.labeled_labels), len(ssl.unlabeled_labels))
+    return ssl
+
+
+def sampler_from_config(config: ml_collections.ConfigDict, unlabeled_views: int) -> SamplerSpec:
+    """How the step draws its batch: the config's batch sizes, augmentation and pool
+    placement, with ``unlabeled_views`` augmentations of each unlabeled image."""
+    return SamplerSpec(labeled_batch_size=config.labeled_batch_size,
+                       unlabeled_batch_size=config.unlabeled_batch_size,
+                       translate=config.translate, flip=config.flip, pad_mode=config.pad_mode,
+                       unlabeled_placement=config.unlabeled_placement,
+                       unlabeled_views=unlabeled_views)
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """Everything a run's loop needs, already on the devices."""
+    dp: DataParallel
+    step_fn: jax.stages.Wrapped  # (state, data, run_key) -> (state, metrics)
+    state: TrainState
+    data: DeviceData
+    run_key: jax.Array
+    val_eval: Evaluator
+    test_eval: Evaluator
+    ratio_fn: Callable[..., dict[str, jax.Array]] | None  # Assumption 1, when logged
+    stream: HostStream | None  # the unlabeled pool in host memory ('host' placement)
+
+
+def place_data(dp: DataParallel, ssl: data_lib.SSLData, unlabeled_kind: str,
+               stream: HostStream | None = None) -> DeviceData:
+    """Training pools on the devices: the labeled pool replicated, the unlabeled pool
+    (with its hidden labels, for diagnostics only) replicated, sharded (then cut to a
+    multiple of the device count, dropping at most D - 1 images at its end), or, with
+    ``stream``, only the first step's unlabeled batch."""
+    pool = (ssl.unlabeled_images, ssl.unlabeled_labels)
+    unlabeled: tuple[jax.Array, jax.Array]
+    if stream is not None:
+        unlabeled = stream.batch(0)
+    elif unlabeled_kind == "sharded":
+        keep = len(ssl.unlabeled_labels) - len(ssl.unlabeled_labels) % dp.num_devices
+        unlabeled = dp.shard(jax.tree.map(lambda x: x[:keep], pool))
+    else:
+        unlabeled = dp.replicate(pool)
+    return DeviceData(labeled_images=dp.replicate(ssl.labeled_images),
+                      labeled_labels=dp.replicate(ssl.labeled_labels),
+                      unlabeled_images=unlabeled[0], unlabeled_labels=unlabeled[1],
+                      mean=dp.replicate(ssl.mean), std=dp.replicate(ssl.std))
+
+
+def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> Training:
+    """Initialises the model and puts state, data and keys on the devices. The hidden
+    labels of the unlabeled set only reach the pseudo-label diagnostics."""
+    dp = DataParallel(config.parallel, make_mesh())
+    axis_name = AXIS if config.sync_batch_norm else None
+    model = create_model(config.model, ssl.num_classes, axis_name=axis_name,
+                         dtype=jnp.dtype(config.compute_dtype))
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    state = create_train_state(model, make_optimizer(config), init_key,
+                               jnp.zeros((1,) + ssl.labeled_images.shape[1:], jnp.float32))
+    if config.compute_dtype != "float32":
+        state = state.replace(float32_apply_fn=create_model(
+            config.model, ssl.num_classes, axis_name=axis_name).apply)
+    algorithm = algorithms.from_config(config, ssl.num_classes)
+    unlabeled_kind = "replicated" if config.unlabeled_placement == "replicated" else "sharded"
+    # DeviceData's pytree with a placement kind (str) at each leaf: dp.run's in_kinds.
+    data_kinds = cast(Any, DeviceData)(
+        labeled_images="replicated", labeled_labels="replicated",
+        unlabeled_images=unlabeled_kind, unlabeled_labels=unlabeled_kind,
+        mean="replicated", std="replicated")
+    sampler = sampler_from_config(config, algorithm.unlabeled_views)
+    step_fn = dp.run(functools.partial(device_train_step, sampler=sampler, algorithm=algorithm,
+                                       ema_decay=config.ema_decay),
+                     ("replicated", data_kinds, "replicated"), donate_argnums=(0,))
+    ratio_fn = None
+    if config.log_assumption_ratio:
+        terms = algorithm.assumption_terms
+        assert terms is not None, "config_check admits the ratio only for meta_semi"
+        ratio_fn = dp.run(functools.partial(
+            device_assumption_ratio, sampler=dataclasses.replace(sampler, unlabeled_views=1),
+            terms=terms, num_samples=config.assumption_ratio_samples),
+            ("replicated", data_kinds, "replicated"))
+    stream = None
+    if config.unlabeled_placement == "host":
+        stream = HostStream(dp, ssl.unlabeled_images, ssl.unlabeled_labels,
+                            step_keys(run_key, 0)[0], config.unlabeled_batch_size)
+    return Training(
+        dp=dp, step_fn=step_fn, state=dp.replicate(state),
+        data=place_data(dp, ssl, config.unlabeled_placement, stream),
+        run_key=dp.replicate(run_key),
+        val_eval=Evaluator(dp, ssl.val_images, ssl.val_labels, ssl.mean, ssl.std,
+                           config.eval_batch_size),
+        test_eval=Evaluator(dp, ssl.test_images, ssl.test_labels, ssl.mean, ssl.std,
+                            config.eval_batch_size),
+        ratio_fn=ratio_fn, stream=stream)
