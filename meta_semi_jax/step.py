@@ -6,8 +6,8 @@ from typing import Any
 
 import jax
 
-from meta_semi_jax.algorithms import Algorithm, SSLBatch
-from meta_semi_jax.batches import DeviceData
+from meta_semi_jax.algorithms.common import Algorithm
+from meta_semi_jax.batches import DeviceData, SSLBatch
 from meta_semi_jax.data.sampler import SamplerSpec, sample_batch
 from meta_semi_jax.ema import ema_decay_at, ema_update
 from meta_semi_jax.parallel import AXIS
