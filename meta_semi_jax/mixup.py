@@ -1,7 +1,8 @@
 """MixUp on the device (paper Sec. 3.3, Eqs. 11-13).
 
-One mixing coefficient per batch, drawn from Beta(beta, beta) and used as drawn
-(no ``max(lam, 1 - lam)``), as in ICT, the paper's reference for CNN-13.
+Meta-Semi draws one mixing coefficient per batch from Beta(beta, beta) and uses it as
+drawn (no ``max(lam, 1 - lam)``), as in ICT, the paper's reference for CNN-13;
+``mixup`` also takes one coefficient per example (MixMatch's way).
 """
 from __future__ import annotations
 
@@ -24,9 +25,14 @@ def sample_mixup_lambda(key: jax.Array, beta: float) -> jax.Array:
 
 def mixup(x1: jax.Array, y1: jax.Array, x2: jax.Array, y2: jax.Array,
           lam: jax.Array) -> Mixed:
-    """Eq. (11): ``x~ = lam x1 + (1 - lam) x2`` and ``y~ = lam y1 + (1 - lam) y2``."""
-    lam_x = jnp.asarray(lam, x1.dtype)
-    lam_y = jnp.asarray(lam, y1.dtype)
+    """Eq. (11): ``x~ = lam x1 + (1 - lam) x2`` and ``y~ = lam y1 + (1 - lam) y2``.
+
+    ``lam`` is one coefficient for the batch, or one per example (shape ``[B]``).
+    """
+    def per_example(a: jax.Array) -> jax.Array:
+        coefficient = jnp.asarray(lam, a.dtype)
+        return coefficient.reshape(coefficient.shape + (1,) * (a.ndim - coefficient.ndim))
+    lam_x, lam_y = per_example(x1), per_example(y1)
     return Mixed(lam_x * x1 + (1 - lam_x) * x2, lam_y * y1 + (1 - lam_y) * y2)
 
 

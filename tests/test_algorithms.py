@@ -42,12 +42,20 @@ def mse(logits, targets):
     return jnp.mean((jax.nn.softmax(logits) - targets) ** 2, -1)
 
 
-def mix(key_lam, key_perm, alpha, x, y, max_lam=False):
+def mix(key_lam, key_perm, alpha, x, y):
+    """MixUp with one lambda for the batch, used as drawn (ICT's, Meta-Semi's)."""
     lam = jax.random.beta(key_lam, alpha, alpha)
-    if max_lam:
-        lam = jnp.maximum(lam, 1 - lam)
     perm = jax.random.permutation(key_perm, x.shape[0])
     return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+
+
+def mixmatch_mix(key_lam, key_perm, alpha, x, y):
+    """MixMatch's augment_pair: lambda per example, max(lambda, 1 - lambda)."""
+    lam = jax.random.beta(key_lam, alpha, alpha, (x.shape[0],))
+    lam = jnp.maximum(lam, 1 - lam)
+    perm = jax.random.permutation(key_perm, x.shape[0])
+    lam_x = lam.reshape((-1,) + (1,) * (x.ndim - 1))
+    return lam_x * x + (1 - lam_x) * x[perm], lam[:, None] * y + (1 - lam[:, None]) * y[perm]
 
 
 @pytest.fixture(scope="session")  # kept while the worker runs other files
@@ -121,9 +129,9 @@ def test_mean_teacher(problem):
 
 def ict_reference_term(state, batch, key, alpha, weight):
     k_lam, k_perm = jax.random.split(key)
-    teacher = jax.nn.softmax(f(state.ema_params, batch.unlabeled_images))
-    u, t = mix(k_lam, k_perm, alpha, batch.unlabeled_images, teacher)
-    return lambda p: weight * jnp.mean(mse(f(p, u), t))
+    teacher_logits = f(state.ema_params, batch.unlabeled_images)
+    u, mixed_logits = mix(k_lam, k_perm, alpha, batch.unlabeled_images, teacher_logits)
+    return lambda p: weight * jnp.mean(mse(f(p, u), jax.nn.softmax(mixed_logits)))
 
 
 def test_ict(problem):
@@ -148,7 +156,7 @@ def test_mixmatch(problem):
     inputs = jnp.concatenate([batch.labeled_images, by_example])
     targets = jnp.concatenate([jax.nn.one_hot(batch.labels, C), jnp.repeat(q, 2, axis=0)])
     k_lam, k_perm = jax.random.split(key)
-    x, y = mix(k_lam, k_perm, 0.75, inputs, targets, max_lam=True)
+    x, y = mixmatch_mix(k_lam, k_perm, 0.75, inputs, targets)
     lambda_u = 75.0 * 0.5  # step 5 of a 10-step linear ramp-up
     check("mixmatch", hp, problem, lambda p: jnp.mean(ce(f(p, x[:N_L]), y[:N_L]))
           + lambda_u * jnp.mean(mse(f(p, x[N_L:]), y[N_L:])))

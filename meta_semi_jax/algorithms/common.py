@@ -159,16 +159,20 @@ def pseudo_label_diagnostics(pseudo: jax.Array, hidden_labels: jax.Array,
             "rejected_pseudo_label_accuracy": accuracy(1.0 - weights)}
 
 
-def pseudo_labels(state: TrainState, images: jax.Array, teacher_bn_mode: str) -> jax.Array:
-    """``softmax(f(u; theta_ema))`` without gradient (Sec. 3.3, 'Pseudo labels')."""
+def teacher_logits(state: TrainState, images: jax.Array, teacher_bn_mode: str) -> jax.Array:
+    """``f(u; theta_ema)``, the EMA teacher's logits, without gradient and at least in
+    float32 (so that low-precision logits give well-formed probabilities)."""
     variables = model_variables(state.ema_params, state.ema_batch_stats)
     if teacher_bn_mode == "train":
         logits, _ = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
     else:
         logits = state.apply_fn(variables, images, train=False)
-    # At least float32, so that low-precision logits give well-formed probabilities.
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-    return lax.stop_gradient(jax.nn.softmax(logits))
+    return lax.stop_gradient(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
+
+
+def pseudo_labels(state: TrainState, images: jax.Array, teacher_bn_mode: str) -> jax.Array:
+    """``softmax(f(u; theta_ema))`` without gradient (Sec. 3.3, 'Pseudo labels')."""
+    return jax.nn.softmax(teacher_logits(state, images, teacher_bn_mode))
 
 
 # (params, batch_stats) -> (targets of the unlabeled predictions, batch_stats)

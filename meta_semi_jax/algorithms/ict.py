@@ -1,13 +1,15 @@
 """Interpolation Consistency Training (Verma et al., 2019), the paper's reference for CNN-13.
 
 Loss: ``mean CE(f(MixUp(X)), MixUp(y)) + w(t) * mean softmax_mse(f(Mix_lam(u_j, u_k)),
-Mix_lam(f_ema(u_j), f_ema(u_k)))`` with ``lam ~ Beta(alpha, alpha)`` per batch and
-partners by one random permutation of the (global) batch; the supervised term mixes
-too (ICT's code, ``mixup_sup_alpha``). Recipe (ICT's published CNN-13 commands): alpha
-1.0 on CIFAR and 0.1 on SVHN for both MixUps, ``w_max = 100`` with a sigmoid ramp-up
-over the first quarter of training (``config.ict.alpha`` / ``.weight`` /
-``.rampup_steps``); the targets come from the EMA teacher in ``teacher_bn_mode``
-(ICT: train mode). ``consistency_term`` is also Meta-Semi + ICT's Eq. (14) term.
+softmax(Mix_lam(z_j, z_k)))`` with ``z = f_ema(u)`` the teacher's logits (ICT's code
+mixes the logits and its ``softmax_mse_loss`` takes the softmax of the mix),
+``lam ~ Beta(alpha, alpha)`` per batch and partners by one random permutation of the
+(global) batch; the supervised term mixes too (ICT's code, ``mixup_sup_alpha``).
+Recipe (ICT's published CNN-13 commands): alpha 1.0 on CIFAR and 0.1 on SVHN for both
+MixUps, ``w_max = 100`` with a sigmoid ramp-up over the first quarter of training
+(``config.ict.alpha`` / ``.weight`` / ``.rampup_steps``); the teacher is the EMA model
+in ``teacher_bn_mode`` (ICT: train mode). ``consistency_term`` is also Meta-Semi +
+ICT's Eq. (14) term.
 """
 from __future__ import annotations
 
@@ -23,31 +25,31 @@ from meta_semi_jax.algorithms.common import (
     global_mean,
     gradients_of,
     mix_global,
-    pseudo_labels,
     psum_if,
     ramped_weight,
+    teacher_logits,
 )
 from meta_semi_jax.losses import soft_cross_entropy, softmax_mse
 from meta_semi_jax.mixup import sample_mixup_lambda
 from meta_semi_jax.state import TrainState
 
 
-def consistency_term(state: TrainState, unlabeled_images: jax.Array, *, alpha: float,
-                     weight: float, rampup_steps: int, axis_name: str | None):
+def consistency_term(state: TrainState, unlabeled_images: jax.Array, teacher: jax.Array, *,
+                     alpha: float, weight: float, rampup_steps: int, axis_name: str | None):
     """ICT's weighted interpolation-consistency loss as a function
-    ``(params, batch_stats, key, teacher_probs) -> (device share, batch_stats)``: the
-    student on ``Mix_lam(u_j, u_k)``, ``lam ~ Beta(alpha, alpha)``, against ``Mix_lam``
-    of the teacher's probabilities, weighted by ``weight`` times its sigmoid ramp-up
-    over ``rampup_steps``."""
+    ``(params, batch_stats, key) -> (device share, batch_stats)``: the student on
+    ``Mix_lam(u_j, u_k)``, ``lam ~ Beta(alpha, alpha)``, against the softmax of
+    ``Mix_lam`` of the ``teacher``'s logits, weighted by ``weight`` times its sigmoid
+    ramp-up over ``rampup_steps``."""
     ramped = ramped_weight(state, weight, rampup_steps, "sigmoid")
 
-    def term(params: Any, batch_stats: Any, key: jax.Array,
-             teacher_probs: jax.Array) -> tuple[jax.Array, Any]:
+    def term(params: Any, batch_stats: Any, key: jax.Array) -> tuple[jax.Array, Any]:
         k_lam, k_perm = jax.random.split(key)
-        mixed = mix_global(k_perm, unlabeled_images, jax.lax.stop_gradient(teacher_probs),
+        mixed = mix_global(k_perm, unlabeled_images, jax.lax.stop_gradient(teacher),
                            sample_mixup_lambda(k_lam, alpha), axis_name)
         logits, batch_stats = forward_train(state, params, mixed.inputs, batch_stats)
-        return ramped * global_mean(softmax_mse(logits, mixed.targets), axis_name), batch_stats
+        targets = jax.nn.softmax(mixed.targets)
+        return ramped * global_mean(softmax_mse(logits, targets), axis_name), batch_stats
 
     return term
 
@@ -63,15 +65,15 @@ def make(num_classes: int, *, alpha: float, weight: float, rampup_steps: int,
         mixed_x = mix_global(k_perm, batch.labeled_images,
                              jax.nn.one_hot(batch.labels, num_classes),
                              sample_mixup_lambda(k_lam, alpha), axis_name)
-        teacher = pseudo_labels(state, batch.unlabeled_images, teacher_bn_mode)
-        consistency = consistency_term(state, batch.unlabeled_images, alpha=alpha,
-                                       weight=weight, rampup_steps=rampup_steps,
-                                       axis_name=axis_name)
+        consistency = consistency_term(
+            state, batch.unlabeled_images,
+            teacher_logits(state, batch.unlabeled_images, teacher_bn_mode),
+            alpha=alpha, weight=weight, rampup_steps=rampup_steps, axis_name=axis_name)
 
         def objective(params: Any):
             logits, batch_stats = forward_train(state, params, mixed_x.inputs)
             supervised = global_mean(soft_cross_entropy(logits, mixed_x.targets), axis_name)
-            weighted, batch_stats = consistency(params, batch_stats, k_consistency, teacher)
+            weighted, batch_stats = consistency(params, batch_stats, k_consistency)
             return supervised + weighted, (batch_stats, supervised)
 
         return gradients_of(objective, state, lambda supervised: {

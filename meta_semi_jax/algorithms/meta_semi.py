@@ -59,9 +59,8 @@ WEIGHT_RULES: dict[str, WeightRule] = {
     "sign": lambda scores, axis_name: jnp.where(scores >= 0, 1.0, -1.0).astype(scores.dtype),
 }
 
-# A term added to L_meta (Eq. 14):
-# (params, batch_stats, key, pseudo labels of U) -> (device share, batch_stats).
-ExtraLoss = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
+# A term added to L_meta (Eq. 14): (params, batch_stats, key) -> (device share, batch_stats).
+ExtraLoss = Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]]
 # (state, batch, axis_name) -> the step's ExtraLoss
 ExtraLossOfStep = Callable[[TrainState, SSLBatch, "str | None"], ExtraLoss]
 
@@ -181,7 +180,7 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Sett
     loss, grads = jnp.sum(coefficients * scored.losses), scored.pullback(coefficients)
     if extra_loss is not None:
         (extra, batch_stats), extra_grads = jax.value_and_grad(extra_loss, has_aux=True)(
-            state.params, batch_stats, jax.random.fold_in(key, 1), targets_u)
+            state.params, batch_stats, jax.random.fold_in(key, 1))
         loss, grads = loss + extra, jax.tree.map(jnp.add, grads, extra_grads)
 
     selected = (coefficients > 0).astype(jnp.float32)

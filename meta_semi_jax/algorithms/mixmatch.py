@@ -2,9 +2,10 @@
 
 1. K augmentations of each unlabeled image; guessed label ``q = Sharpen(mean_k
    softmax f(u_k), T)`` with ``Sharpen(p)_c = p_c^(1/T) / sum_c' p_c'^(1/T)``, no gradient.
-2. ``W = Shuffle(Concat(X, U_1..U_K))`` over the global batch; ``lam ~ Beta(alpha, alpha)``,
-   ``lam' = max(lam, 1 - lam)``; every example of ``Concat(X, U_1..U_K)`` is mixed with
-   its partner in W with ``lam'`` (so it stays closest to itself).
+2. ``W = Shuffle(Concat(X, U_1..U_K))`` over the global batch; every example of
+   ``Concat(X, U_1..U_K)`` draws its own ``lam ~ Beta(alpha, alpha)`` and is mixed with
+   its partner in W with ``lam' = max(lam, 1 - lam)`` (so it stays closest to itself;
+   MixMatch's ``augment_pair`` samples one lambda per example).
 3. Loss: ``mean CE`` on the mixed labeled part ``+ lambda_u(t) * mean softmax_mse`` on
    the mixed unlabeled part, ``lambda_u`` ramped up linearly.
 Recipe (MixMatch paper; the Meta-Semi paper fixes T and K and tunes alpha, lambda_u on
@@ -27,7 +28,7 @@ from meta_semi_jax.algorithms.common import (
     labeled_and_consistency_gradients,
     ramped_weight,
 )
-from meta_semi_jax.mixup import Mixed, mixup_with_shuffle, sample_mixup_lambda
+from meta_semi_jax.mixup import Mixed, mixup_with_shuffle
 from meta_semi_jax.parallel import gather_global, local_shard
 from meta_semi_jax.state import TrainState
 
@@ -61,14 +62,14 @@ def mixed_batch(key: jax.Array, labeled_images: jax.Array, one_hot_labels: jax.A
                                      + guesses.shape[1:])
     g_x, g_y, g_u, g_t = gather_global(
         (labeled_images, one_hot_labels, by_example, guess_targets), axis_name)
-    k_lam, k_perm = jax.random.split(key)
-    lam = sample_mixup_lambda(k_lam, alpha)
-
     def flat(a: jax.Array) -> jax.Array:
         return a.reshape((-1,) + a.shape[2:])
 
-    mixed = mixup_with_shuffle(k_perm, jnp.concatenate([g_x, flat(g_u)]),
-                               jnp.concatenate([g_y, flat(g_t)]), jnp.maximum(lam, 1.0 - lam))
+    inputs = jnp.concatenate([g_x, flat(g_u)])
+    k_lam, k_perm = jax.random.split(key)
+    lam = jax.random.beta(k_lam, alpha, alpha, (inputs.shape[0],))
+    mixed = mixup_with_shuffle(k_perm, inputs, jnp.concatenate([g_y, flat(g_t)]),
+                               jnp.maximum(lam, 1.0 - lam))
     n_x = g_x.shape[0]
     mixed_x = Mixed(mixed.inputs[:n_x], mixed.targets[:n_x])
     mixed_u = Mixed(*(a[n_x:].reshape(g_u.shape[:2] + a.shape[1:]) for a in mixed))
