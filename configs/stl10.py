@@ -1,4 +1,5 @@
-"""Meta-Semi on STL-10 with WRN-28-2 (paper Table 2; MixMatch's protocol, Appendix C).
+"""Meta-Semi on STL-10 with WRN-28-2 (paper Table 2; MixMatch's protocol, Appendix C),
+with MixMatch's fourth stage for 96x96 images (``wrn28_2_scales4``).
 
     python -m meta_semi_jax.main --config=configs/stl10.py:1000 --workdir=DIR --config.fold=0
 
@@ -21,5 +22,6 @@ from meta_semi_jax.config_base import mixmatch_recipe_config
 def get_config(num_labels: str = "1000") -> ml_collections.ConfigDict:
     c = mixmatch_recipe_config("stl10", num_labels, num_validation=500, train_size=5_000,
                                mixmatch_weight=50.0)
+    c.model = "wrn28_2_scales4"  # MixMatch's STL-10 network (runs/table2.sh: --scales=4)
     c.translate = 12
     return c

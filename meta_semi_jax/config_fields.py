@@ -69,7 +69,8 @@ FIELDS: dict[str, Field] = {
     # What to train.
     "algorithm": Field("meta_semi", Choice(ALGORITHMS), True,
                        "see meta_semi_jax.algorithms.ALGORITHMS"),
-    "model": Field("small_cnn", Choice(MODELS), True, "small_cnn | cnn13 | wrn28_2"),
+    "model": Field("small_cnn", Choice(MODELS), True,
+                   "small_cnn | cnn13 | wrn28_2 | wrn28_2_scales4"),
     "dataset": Field("digits", ANY, True, "digits | cifar10 | cifar100 | svhn | stl10 | "
                      "tfds:<name> (checked by config_check with the data module)"),
     "data_dir": Field("", ANY, False, "tfds data directory ('' = tfds' default)"),

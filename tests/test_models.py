@@ -107,8 +107,10 @@ def test_cnn13_weight_norm_has_one_scale_per_output_channel():
 
 
 def test_wrn_four_stages_for_stl10():
-    model = WideResNet(NUM_CLASSES, num_stages=4)
-    assert model.stage_channels == (32, 64, 128, 256)
+    """STL-10 runs MixMatch's STL-10 network (runs/table2.sh: --scales=4)."""
+    from tests.run_files import load_config
+    model = create_model(load_config("stl10", "1000").model, NUM_CLASSES)
+    assert isinstance(model, WideResNet) and model.stage_channels == (32, 64, 128, 256)
     variables = abstract_variables(model, (2, 96, 96, 3))
     expected = (
         WRN28_2_PARAMS - bn(128) - 128 * NUM_CLASSES         # WRN-28-2 without its head

@@ -1,4 +1,5 @@
-"""The model zoo: ICT's CNN-13, MixMatch's WRN-28-2 and a small CNN for 8x8 digits.
+"""The model zoo: ICT's CNN-13, MixMatch's WRN-28-2 (with four stages for STL-10) and a
+small CNN for 8x8 digits.
 
 Every model is a flax module called as ``model.apply(variables, x, train=...)`` on NHWC
 float images, with a ``batch_stats`` collection that ``train=True`` updates.
@@ -20,6 +21,8 @@ from meta_semi_jax.models.wrn import WideResNet
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn13": CNN13,
     "wrn28_2": functools.partial(WideResNet, depth=28, width=2),
+    # MixMatch's STL-10 network (runs/table2.sh: --scales=4): a fourth, 256-channel stage.
+    "wrn28_2_scales4": functools.partial(WideResNet, depth=28, width=2, num_stages=4),
     "small_cnn": SmallCNN,
 }
 
