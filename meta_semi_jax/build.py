@@ -92,16 +92,16 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
     """Initialises the model and puts state, data and keys on the devices. The hidden
     labels of the unlabeled set only reach the pseudo-label diagnostics."""
     dp = DataParallel(config.parallel, make_mesh())
-    axis_name = AXIS if config.sync_batch_norm else None
-    model = create_model(config.model, ssl.num_classes, axis_name=axis_name,
-                         dtype=jnp.dtype(config.compute_dtype))
+    algorithm = algorithms.from_config(config, ssl.num_classes)
+    model = functools.partial(create_model, config.model, ssl.num_classes,
+                              axis_name=AXIS if config.sync_batch_norm else None,
+                              noisy=algorithm.noisy_network)
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = create_train_state(model, make_optimizer(config), init_key,
+    state = create_train_state(model(dtype=jnp.dtype(config.compute_dtype)),
+                               make_optimizer(config), init_key,
                                jnp.zeros((1,) + ssl.labeled_images.shape[1:], jnp.float32))
     if config.compute_dtype != "float32":
-        state = state.replace(float32_apply_fn=create_model(
-            config.model, ssl.num_classes, axis_name=axis_name).apply)
-    algorithm = algorithms.from_config(config, ssl.num_classes)
+        state = state.replace(float32_apply_fn=model().apply)
     unlabeled_kind = "replicated" if config.unlabeled_placement == "replicated" else "sharded"
     # DeviceData's pytree with a placement kind (str) at each leaf: dp.run's in_kinds.
     data_kinds = cast(Any, DeviceData)(

@@ -24,17 +24,23 @@ def set_baseline_recipes(c: ml_collections.ConfigDict, *, steps_per_epoch: int,
     """The other algorithms' hyper-parameters, ``c.<algorithm>.*``, from their own papers
     (each module in ``meta_semi_jax/algorithms`` says where a value comes from).
 
-    Ramp-ups given in epochs use ``steps_per_epoch``; ICT's (a quarter of training)
-    and the Pi-model's weight (scaled by the labeled fraction) follow overrides of
-    ``num_train_steps`` and ``num_labels``.
+    Ramp-ups given in epochs use ``steps_per_epoch``; Mean Teacher's, given in images
+    (40,000 steps of 100), uses the config's batch sizes, so set them first. ICT's
+    ramp-up (a quarter of training) and the Pi-model's and Mean Teacher's weights
+    (scaled by the labeled fraction) follow overrides of ``num_train_steps`` and
+    ``num_labels``.
     """
     steps = c.get_ref("num_train_steps")
+    labeled_fraction_weight = c.get_ref("num_labels") * (100.0 / num_train_images)
     c.supervised_mixup = ml_collections.ConfigDict({"alpha": 1.0})
     c.pi_model = ml_collections.ConfigDict({
-        "weight": c.get_ref("num_labels") * (100.0 / num_train_images),
-        "rampup_steps": 80 * steps_per_epoch})
+        "weight": labeled_fraction_weight, "rampup_steps": 80 * steps_per_epoch,
+        "noisy_network": True})
     c.mean_teacher = ml_collections.ConfigDict({
-        "weight": 100.0, "rampup_steps": 5 * steps_per_epoch})
+        "weight": labeled_fraction_weight,
+        "rampup_steps": epochs_to_steps(80, num_train_images,
+                                        c.labeled_batch_size + c.unlabeled_batch_size),
+        "noisy_network": True, "ema_warmup": False})
     c.ict = ml_collections.ConfigDict({
         "alpha": ict_alpha, "weight": 100.0, "rampup_steps": steps // 4})
     c.meta_semi_ict = ml_collections.ConfigDict({

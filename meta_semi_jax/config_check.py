@@ -13,6 +13,7 @@ import ml_collections
 from meta_semi_jax.algorithms import ALGORITHMS
 from meta_semi_jax.config_fields import FIELDS
 from meta_semi_jax.data import DATASET_CHOICES, is_known_dataset
+from meta_semi_jax.models import NOISY_MODELS
 
 
 class ConfigError(ValueError):
@@ -30,6 +31,8 @@ ALGORITHM_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rampup_steps": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     "temperature": (lambda v: v > 0, "a number > 0"),
     "augmentations": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "noisy_network": (lambda v: isinstance(v, bool), "True or False"),
+    "ema_warmup": (lambda v: isinstance(v, bool), "True or False"),
 }
 
 DIVISIBLE_BY_DEVICES = ("labeled_batch_size", "unlabeled_batch_size", "eval_batch_size")
@@ -69,6 +72,10 @@ def check_algorithm_fields(config: ml_collections.ConfigDict) -> None:
             if not test(value):
                 raise ConfigError(f"config.{config.algorithm}.{field}={value!r} is not "
                                   f"allowed: it must be {allowed}")
+        if own.get("noisy_network") and config.model not in NOISY_MODELS:
+            raise ConfigError(f"config.{config.algorithm}.noisy_network=True needs a model "
+                              f"with the network noise ({', '.join(NOISY_MODELS)}), not "
+                              f"config.model={config.model!r}")
     taken = ALGORITHMS[config.algorithm].top_level_fields
     for field in ABLATION_SWITCHES:
         default = FIELDS[field].default

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from meta_semi_jax.algorithms.common import Algorithm
 from meta_semi_jax.batches import DeviceData, SSLBatch
@@ -14,11 +15,13 @@ from meta_semi_jax.parallel import AXIS
 from meta_semi_jax.state import TrainState
 
 
-def apply_update(state: TrainState, grads: Any, batch_stats: Any,
-                 max_ema_decay: float) -> TrainState:
+def apply_update(state: TrainState, grads: Any, batch_stats: Any, max_ema_decay: float,
+                 ema_warmup: bool = True) -> TrainState:
     """Optimiser step on ``grads`` (Algorithm 1, line 13), new BatchNorm statistics,
-    then the EMA of parameters and statistics with ICT's ramped decay."""
-    decay = ema_decay_at(state.step, max_ema_decay)
+    then the EMA of parameters and statistics with ICT's ramped decay (or, without
+    ``ema_warmup``, ``max_ema_decay`` from the first step)."""
+    decay = (ema_decay_at(state.step, max_ema_decay) if ema_warmup
+             else jnp.float32(max_ema_decay))
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     return new_state.replace(
         ema_params=ema_update(state.ema_params, new_state.params, decay),
@@ -37,7 +40,8 @@ def train_step(state: TrainState, batch: SSLBatch, key: jax.Array, algorithm: Al
     share of ``batch``: gradients, the Eq. (1) normaliser and ``g_X`` are global.
     """
     result = algorithm.gradients(state, batch, key, axis_name)
-    new_state = apply_update(state, result.grads, result.batch_stats, ema_decay)
+    new_state = apply_update(state, result.grads, result.batch_stats, ema_decay,
+                             algorithm.ema_warmup)
     return new_state, result.metrics
 
 

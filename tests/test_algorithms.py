@@ -18,6 +18,7 @@ from meta_semi_jax import unrolled_meta_gradient
 from meta_semi_jax.algorithms import ALGORITHMS, SSLBatch
 from meta_semi_jax.rampup import linear_rampup, sigmoid_rampup
 from meta_semi_jax.state import create_train_state
+from meta_semi_jax.step import train_step
 
 C = 3          # classes
 N_L, N_U = 4, 6
@@ -110,7 +111,7 @@ def test_supervised_mixup(problem):
 
 def test_pi_model(problem):
     state, batch, _ = problem
-    hp = {"weight": 4.0, "rampup_steps": 10}
+    hp = {"weight": 4.0, "rampup_steps": 10, "noisy_network": False}
     w = 4.0 * np.exp(-5 * 0.25)  # step 5 of a 10-step sigmoid ramp-up
     y = jax.nn.one_hot(batch.labels, C)
     u1, u2 = batch.unlabeled_images, batch.extra_unlabeled_views[0]
@@ -120,11 +121,27 @@ def test_pi_model(problem):
 
 def test_mean_teacher(problem):
     state, batch, _ = problem
-    hp = {"weight": 100.0, "rampup_steps": 0, "teacher_bn_mode": "train"}
+    hp = {"weight": 100.0, "rampup_steps": 0, "teacher_bn_mode": "train",
+          "noisy_network": False, "ema_warmup": True}
     y = jax.nn.one_hot(batch.labels, C)
     teacher = jax.nn.softmax(f(state.ema_params, batch.extra_unlabeled_views[0]))
     check("mean_teacher", hp, problem, lambda p: jnp.mean(ce(f(p, batch.labeled_images), y))
           + 100.0 * jnp.mean(mse(f(p, batch.unlabeled_images), teacher)))
+
+
+@pytest.mark.parametrize("ema_warmup,decay", [(True, 1 - 1 / 6), (False, 0.999)])
+def test_mean_teacher_keeps_its_ema_decay_from_the_first_step(problem, ema_warmup, decay):
+    """Mean Teacher's CIFAR-10 recipe holds the EMA decay at 0.999 from the start; the
+    others ramp it up as min(1 - 1/(t + 1), 0.999) (the problem's state is at step 5)."""
+    state, batch, key = problem
+    algorithm = ALGORITHMS["mean_teacher"].make(
+        C, weight=1.0, rampup_steps=0, teacher_bn_mode="train", noisy_network=False,
+        ema_warmup=ema_warmup)
+    new_state, _ = train_step(state, batch, key, algorithm, ema_decay=0.999)
+    for ema, old, new in zip(jax.tree.leaves(new_state.ema_params),
+                             jax.tree.leaves(state.ema_params),
+                             jax.tree.leaves(new_state.params), strict=True):
+        np.testing.assert_allclose(ema, decay * old + (1 - decay) * new, rtol=1e-6)
 
 
 def ict_reference_term(state, batch, key, alpha, weight):

@@ -121,6 +121,45 @@ def test_wrn_four_stages_for_stl10():
     assert abstract_logits(model, variables, (2, 96, 96, 3)).shape == (2, NUM_CLASSES)
 
 
+def test_noisy_small_cnn_adds_noise_and_dropout_in_train_mode_only():
+    """The Pi-model's and Mean Teacher's network noise: the same parameters, random
+    train-mode outputs (a draw per key), and eval mode exactly the plain network's."""
+    plain, noisy = create_model("small_cnn", NUM_CLASSES), create_model(
+        "small_cnn", NUM_CLASSES, noisy=True)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8, 8, 1)), jnp.float32)
+    variables = plain.init(jax.random.PRNGKey(0), x, train=False)
+    assert (jax.tree.structure(noisy.init(jax.random.PRNGKey(0), x, train=False))
+            == jax.tree.structure(variables))
+
+    def train_logits(model, seed):
+        rngs = {"noise": jax.random.PRNGKey(seed), "dropout": jax.random.PRNGKey(seed + 1)}
+        return model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)[0]
+
+    np.testing.assert_array_equal(noisy.apply(variables, x, train=False),
+                                  plain.apply(variables, x, train=False))
+    np.testing.assert_array_equal(train_logits(noisy, 1), train_logits(noisy, 1))
+    assert not np.allclose(train_logits(noisy, 1), train_logits(noisy, 3))
+    np.testing.assert_array_equal(train_logits(plain, 1), train_logits(plain, 3))
+
+
+def test_noisy_cnn13_draws_from_both_random_streams():
+    model = create_model("cnn13", NUM_CLASSES, noisy=True)
+    assert (model.input_noise, model.dropout_rate) == (0.15, 0.5)
+    variables = abstract_variables(model, (2, 32, 32, 3))
+    assert num_params(variables["params"]) == CNN13_PARAMS
+    for missing in ("noise", "dropout"):
+        rngs = {name: jax.random.PRNGKey(0) for name in ("noise", "dropout") if name != missing}
+        with pytest.raises(Exception, match=missing):
+            jax.eval_shape(lambda v, r=rngs: model.apply(
+                v, jnp.zeros((2, 32, 32, 3)), train=True, mutable=["batch_stats"], rngs=r),
+                variables)
+
+
+def test_only_the_noisy_models_take_network_noise():
+    with pytest.raises(ValueError, match="no network noise"):
+        create_model("wrn28_2", NUM_CLASSES, noisy=True)
+
+
 def test_wrn_rejects_bad_depth():
     with pytest.raises(ValueError, match="6 \\* n \\+ 4"):
         abstract_variables(WideResNet(NUM_CLASSES, depth=27), (2, 32, 32, 3))

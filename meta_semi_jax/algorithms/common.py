@@ -11,7 +11,8 @@ from jax import lax
 from meta_semi_jax.batches import SSLBatch
 from meta_semi_jax.losses import soft_cross_entropy, softmax_mse
 from meta_semi_jax.mixup import Mixed, mixup_with_shuffle
-from meta_semi_jax.parallel import axis_size, gather_global, local_shard
+from meta_semi_jax.models import RNG_STREAMS
+from meta_semi_jax.parallel import axis_index, axis_size, gather_global, local_shard
 from meta_semi_jax.rampup import linear_rampup, sigmoid_rampup
 from meta_semi_jax.state import TrainState, model_variables
 
@@ -39,10 +40,17 @@ class Algorithm(NamedTuple):
     (``SSLBatch.unlabeled_views``); the sampler draws that many.
     assumption_terms: the two sides of Assumption 1 for one batch, for the
     ``log_assumption_ratio`` diagnostic; None where the assumption is not about it.
+    noisy_network: the model runs with the input noise and dropout of the Pi-model's
+    and Mean Teacher's CNN-13 (``models.create_model(noisy=True)``); its train-mode
+    passes then draw from ``network_rngs``.
+    ema_warmup: the EMA's decay ramps up as ``ema.ema_decay_at`` (ICT's, Meta-Semi's);
+    False keeps it at its maximum from the first step (Mean Teacher's CIFAR-10 recipe).
     """
     gradients: GradientFn
     unlabeled_views: int = 1
     assumption_terms: AssumptionTerms | None = None
+    noisy_network: bool = False
+    ema_warmup: bool = True
 
 
 def pmean_if(tree: Any, axis_name: str | None) -> Any:
@@ -53,16 +61,32 @@ def psum_if(tree: Any, axis_name: str | None) -> Any:
     return tree if axis_name is None else lax.psum(tree, axis_name)
 
 
-def forward_train(state: TrainState, params: Any, inputs: jax.Array,
-                  batch_stats: Any = None) -> tuple[jax.Array, Any]:
+def device_key(key: jax.Array, axis_name: str | None) -> jax.Array:
+    """``key`` (equal on every device) made this device's own, for draws per local example
+    such as network noise: devices then draw independently, so a noisy run's draws (not
+    their distribution) depend on the device count."""
+    return jax.random.fold_in(key, axis_index(axis_name))
+
+
+def network_rngs(key: jax.Array | None) -> dict[str, jax.Array] | None:
+    """One key per random stream of a noisy network (``models.RNG_STREAMS``), or None."""
+    if key is None:
+        return None
+    return {stream: jax.random.fold_in(key, i) for i, stream in enumerate(RNG_STREAMS)}
+
+
+def forward_train(state: TrainState, params: Any, inputs: jax.Array, batch_stats: Any = None,
+                  rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """Logits in train mode (batch statistics) and the updated BatchNorm statistics.
 
     The running statistics start from ``batch_stats`` (default: the state's), so an
     algorithm with several forward passes per step updates them once per pass, in order.
+    ``rng`` draws the network noise of a noisy model (unused by the others).
     """
     stats = state.batch_stats if batch_stats is None else batch_stats
     logits, updates = state.apply_fn(model_variables(params, stats), inputs,
-                                     train=True, mutable=["batch_stats"])
+                                     train=True, mutable=["batch_stats"],
+                                     rngs=network_rngs(rng))
     return logits, updates.get("batch_stats", stats)
 
 
@@ -159,20 +183,24 @@ def pseudo_label_diagnostics(pseudo: jax.Array, hidden_labels: jax.Array,
             "rejected_pseudo_label_accuracy": accuracy(1.0 - weights)}
 
 
-def teacher_logits(state: TrainState, images: jax.Array, teacher_bn_mode: str) -> jax.Array:
+def teacher_logits(state: TrainState, images: jax.Array, teacher_bn_mode: str,
+                   rng: jax.Array | None = None) -> jax.Array:
     """``f(u; theta_ema)``, the EMA teacher's logits, without gradient and at least in
-    float32 (so that low-precision logits give well-formed probabilities)."""
+    float32 (so that low-precision logits give well-formed probabilities). In train
+    mode ``rng`` draws a noisy network's noise (Mean Teacher's teacher has its own)."""
     variables = model_variables(state.ema_params, state.ema_batch_stats)
     if teacher_bn_mode == "train":
-        logits, _ = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
+        logits, _ = state.apply_fn(variables, images, train=True, mutable=["batch_stats"],
+                                   rngs=network_rngs(rng))
     else:
         logits = state.apply_fn(variables, images, train=False)
     return lax.stop_gradient(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
 
 
-def pseudo_labels(state: TrainState, images: jax.Array, teacher_bn_mode: str) -> jax.Array:
+def pseudo_labels(state: TrainState, images: jax.Array, teacher_bn_mode: str,
+                  rng: jax.Array | None = None) -> jax.Array:
     """``softmax(f(u; theta_ema))`` without gradient (Sec. 3.3, 'Pseudo labels')."""
-    return jax.nn.softmax(teacher_logits(state, images, teacher_bn_mode))
+    return jax.nn.softmax(teacher_logits(state, images, teacher_bn_mode, rng))
 
 
 # (params, batch_stats) -> (targets of the unlabeled predictions, batch_stats)
@@ -183,8 +211,8 @@ def labeled_and_consistency_gradients(state: TrainState, labeled_images: jax.Arr
                                       labeled_targets: jax.Array,
                                       unlabeled_images: jax.Array,
                                       consistency_targets: ConsistencyTargets,
-                                      weight: jax.Array,
-                                      axis_name: str | None) -> Gradients:
+                                      weight: jax.Array, axis_name: str | None,
+                                      rng: jax.Array | None = None) -> Gradients:
     """Gradients of ``mean CE(f(x), y) + weight * mean softmax_mse(f(u), t)``, the loss
     shape of the Pi-model, Mean Teacher and MixMatch.
 
@@ -192,12 +220,13 @@ def labeled_and_consistency_gradients(state: TrainState, labeled_images: jax.Arr
     those methods' codes); ``consistency_targets`` then gives ``t`` (it may run further
     forward passes, continuing the BatchNorm statistics). Both means are over the global
     batch. Metrics: ``labeled_loss``, ``consistency_loss`` and ``consistency_weight``.
+    ``rng`` draws a noisy network's noise in the first pass.
     """
     num_labeled = labeled_images.shape[0]
 
     def objective(params: Any):
         logits, batch_stats = forward_train(
-            state, params, jnp.concatenate([labeled_images, unlabeled_images]))
+            state, params, jnp.concatenate([labeled_images, unlabeled_images]), rng=rng)
         supervised = global_mean(soft_cross_entropy(logits[:num_labeled], labeled_targets),
                                  axis_name)
         targets, batch_stats = consistency_targets(params, batch_stats)

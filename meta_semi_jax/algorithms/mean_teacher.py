@@ -2,10 +2,15 @@
 those of its parameter EMA (the teacher) on another augmentation of the same image.
 
 Loss: ``mean CE(f(x), y) + w(t) * mean_u ||softmax f(aug1(u)) - softmax f_ema(aug2(u))||^2 / C``
-(no gradient into the teacher). Recipe (Mean Teacher's CIFAR-10 setting): consistency
-weight 100 with the MSE, sigmoid ramp-up over the first 5 epochs
-(``config.mean_teacher.weight`` / ``.rampup_steps``); the teacher is the run's EMA
-(``config.ema_decay``) in ``teacher_bn_mode``. The factory asks for two unlabeled views.
+(no gradient into the teacher). Recipe (Mean Teacher's CIFAR-10 CNN-13 runs, its
+TensorFlow ``experiments/cifar10_final_eval.py`` with ``Model.DEFAULT_HYPERPARAMS``):
+maximum consistency weight ``100 * num_labels / num_train_images``, sigmoid ramp-up
+over 40,000 steps of 100 images (80 passes over the training images; the recipe
+converts it at the run's batch), EMA decay at its maximum from the first step
+(``ema_warmup=False``: its ``ema_decay_during_rampup`` equals the later 0.999), and
+Gaussian input noise 0.15 and dropout 0.5 in student and teacher (``noisy_network``):
+``config.mean_teacher.*``. The teacher is the run's EMA (``config.ema_decay``) in
+``teacher_bn_mode``. The factory asks for two unlabeled views.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from meta_semi_jax.algorithms.common import (
     Algorithm,
     Gradients,
     SSLBatch,
+    device_key,
     labeled_and_consistency_gradients,
     pseudo_labels,
     ramped_weight,
@@ -22,17 +28,20 @@ from meta_semi_jax.algorithms.common import (
 from meta_semi_jax.state import TrainState
 
 
-def make(num_classes: int, *, weight: float, rampup_steps: int,
-         teacher_bn_mode: str) -> Algorithm:
+def make(num_classes: int, *, weight: float, rampup_steps: int, teacher_bn_mode: str,
+         noisy_network: bool, ema_warmup: bool) -> Algorithm:
     """Mean Teacher with maximum consistency weight ``weight``, ramped up over
-    ``rampup_steps``, and the EMA teacher's BatchNorm in ``teacher_bn_mode``."""
+    ``rampup_steps``, the EMA teacher's BatchNorm in ``teacher_bn_mode``; student and
+    teacher draw independent network noise (``noisy_network``); ``ema_warmup`` as
+    ``Algorithm``'s."""
     def gradients(state: TrainState, batch: SSLBatch, key: jax.Array,
                   axis_name: str | None = None) -> Gradients:
-        del key
+        k_student, k_teacher = jax.random.split(device_key(key, axis_name))
         views = batch.unlabeled_views()
-        teacher = pseudo_labels(state, views[1], teacher_bn_mode)
+        teacher = pseudo_labels(state, views[1], teacher_bn_mode, rng=k_teacher)
         return labeled_and_consistency_gradients(
             state, batch.labeled_images, jax.nn.one_hot(batch.labels, num_classes), views[0],
             lambda params, batch_stats: (teacher, batch_stats),
-            ramped_weight(state, weight, rampup_steps, "sigmoid"), axis_name)
-    return Algorithm(gradients, unlabeled_views=2)
+            ramped_weight(state, weight, rampup_steps, "sigmoid"), axis_name, rng=k_student)
+    return Algorithm(gradients, unlabeled_views=2, noisy_network=noisy_network,
+                     ema_warmup=ema_warmup)

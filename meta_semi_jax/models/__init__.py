@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from meta_semi_jax.models.cnn13 import CNN13
+from meta_semi_jax.models.noise import DROPOUT_RATE, INPUT_NOISE, RNG_STREAMS
 from meta_semi_jax.models.small import SmallCNN
 from meta_semi_jax.models.wrn import WideResNet
 
@@ -27,12 +28,23 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# Models that take the Pi-model's and Mean Teacher's network noise (models/noise.py).
+NOISY_MODELS: tuple[str, ...] = ("cnn13", "small_cnn")
+
+
 def create_model(name: str, num_classes: int, *, axis_name: str | None = None,
-                 dtype: Any = jnp.float32) -> nn.Module:
-    """The model registered as ``name``; ``axis_name`` synchronises BatchNorm statistics."""
+                 dtype: Any = jnp.float32, noisy: bool = False) -> nn.Module:
+    """The model registered as ``name``; ``axis_name`` synchronises BatchNorm statistics;
+    ``noisy`` adds the input noise and dropout of the Pi-model's and Mean Teacher's
+    CNN-13 (``NOISY_MODELS`` only)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(sorted(MODELS))}")
-    return MODELS[name](num_classes=num_classes, axis_name=axis_name, dtype=dtype)
+    if noisy and name not in NOISY_MODELS:
+        raise ValueError(f"model {name!r} has no network noise; noisy models: "
+                         f"{', '.join(NOISY_MODELS)}")
+    noise = {"input_noise": INPUT_NOISE, "dropout_rate": DROPOUT_RATE} if noisy else {}
+    return MODELS[name](num_classes=num_classes, axis_name=axis_name, dtype=dtype, **noise)
 
 
-__all__ = ["CNN13", "MODELS", "SmallCNN", "WideResNet", "create_model"]
+__all__ = ["CNN13", "MODELS", "NOISY_MODELS", "RNG_STREAMS", "SmallCNN", "WideResNet",
+           "create_model"]

@@ -1,7 +1,9 @@
 """CNN-13 of ICT (Verma et al., 2019), the network of Meta-Semi's CIFAR experiments.
 
 Meta-Semi (Appendix C) uses ICT's CNN-13, which is the "conv-large" network of fast-SWA
-(Athiwaratkun et al., 2019) without its input Gaussian noise and dropout. Every
+(Athiwaratkun et al., 2019) without its input Gaussian noise and dropout; the baselines
+whose CNN-13 results used them (Pi-model, Mean Teacher) get them back with
+``input_noise`` and ``dropout_rate`` (``models.create_model(..., noisy=True)``). Every
 convolution and the classifier are weight-normalised (one learnable scale per output
 feature, like PyTorch's ``weight_norm(dim=0)``); BatchNorm follows PyTorch's defaults
 (momentum 0.1, i.e. flax momentum 0.9, and epsilon 1e-5).
@@ -12,6 +14,8 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from meta_semi_jax.models.noise import add_input_noise
 
 LEAKY_SLOPE = 0.1
 
@@ -54,11 +58,16 @@ class CNN13(nn.Module):
       axis_name: mapped axis over which every BatchNorm averages its batch statistics
         (synchronised BatchNorm); ``None`` for per-device statistics.
       dtype: computation dtype; parameters stay float32.
+      input_noise: std of the Gaussian noise added to the input in train mode (rng
+        ``"noise"``); dropout_rate: dropout after each max-pool in train mode (rng
+        ``"dropout"``). Both 0 (off) for Meta-Semi.
     """
 
     num_classes: int
     axis_name: str | None = None
     dtype: Any = jnp.float32
+    input_noise: float = 0.0
+    dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -66,13 +75,15 @@ class CNN13(nn.Module):
             return WNConvBNAct(features, kernel_size, padding, axis_name=self.axis_name,
                                dtype=self.dtype, name=name)
 
-        x = x.astype(self.dtype)
+        x = add_input_noise(self, x, self.input_noise, train).astype(self.dtype)
         for name in ("conv1a", "conv1b", "conv1c"):
             x = conv(128, 3, "SAME", name)(x, train)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         for name in ("conv2a", "conv2b", "conv2c"):
             x = conv(256, 3, "SAME", name)(x, train)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = conv(512, 3, "VALID", "conv3a")(x, train)
         x = conv(256, 1, "VALID", "conv3b")(x, train)
         x = conv(128, 1, "VALID", "conv3c")(x, train)

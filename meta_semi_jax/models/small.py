@@ -11,6 +11,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from meta_semi_jax.models.noise import add_input_noise
+
 LEAKY_SLOPE = 0.1
 
 
@@ -25,12 +27,16 @@ class SmallCNN(nn.Module):
         (synchronised BatchNorm); ``None`` for per-device statistics.
       dtype: computation dtype; parameters stay float32.
       width: channels of the first two convolutions.
+      input_noise, dropout_rate: as CNN-13's (Gaussian input noise, dropout after the
+        max-pool, both in train mode only; 0 turns them off).
     """
 
     num_classes: int
     axis_name: str | None = None
     dtype: Any = jnp.float32
     width: int = 32
+    input_noise: float = 0.0
+    dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -41,9 +47,11 @@ class SmallCNN(nn.Module):
             x = nn.Conv(features, (3, 3), use_bias=False, dtype=self.dtype)(x)
             return nn.leaky_relu(norm()(x), LEAKY_SLOPE)
 
-        x = conv_bn_act(x.astype(self.dtype), self.width)
+        x = conv_bn_act(add_input_noise(self, x, self.input_noise, train).astype(self.dtype),
+                        self.width)
         x = conv_bn_act(x, self.width)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = conv_bn_act(x, 2 * self.width)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

@@ -1,0 +1,43 @@
+"""The baselines' recipes as their authors ran them (config_base.set_baseline_recipes),
+and what the program builds from them."""
+from __future__ import annotations
+
+import pytest
+
+from meta_semi_jax import build, config_check, data as data_lib
+from tests.run_files import load_config
+
+
+def test_mean_teacher_follows_its_cifar10_cnn13_recipe():
+    """Mean Teacher's TensorFlow cifar10_final_eval: consistency weight 100 * n / N,
+    sigmoid ramp-up over 40,000 steps of 100 images (80 passes over the N training
+    images), EMA decay 0.999 from the first step, input noise and dropout."""
+    config = load_config("cifar10", "1000")
+    train_images = 50_000 - config.num_validation
+    mean_teacher = config.mean_teacher
+    assert mean_teacher.weight == pytest.approx(100.0 * 1000 / train_images)
+    assert mean_teacher.rampup_steps == 80 * train_images // 100
+    assert (mean_teacher.noisy_network, mean_teacher.ema_warmup) == (True, False)
+    assert config.ema_decay == 0.999
+
+
+def test_the_pi_model_runs_with_its_network_noise():
+    assert load_config("cifar10", "1000").pi_model.noisy_network is True
+
+
+@pytest.mark.parametrize("algorithm,noisy", [("mean_teacher", True), ("pi_model", True),
+                                             ("meta_semi", False), ("ict", False)])
+def test_the_program_builds_the_noisy_network_only_where_the_recipe_asks(algorithm, noisy):
+    config = load_config("digits", "50")
+    config.algorithm = algorithm
+    raw = data_lib.load_raw(config)
+    ssl = data_lib.split_dataset(raw, data_lib.split_indices(config, raw))
+    model = build.build_training(config, ssl).state.apply_fn.__self__
+    assert (model.input_noise, model.dropout_rate) == ((0.15, 0.5) if noisy else (0.0, 0.0))
+
+
+def test_network_noise_on_a_model_without_it_is_refused_before_compute():
+    config = load_config("cifar10", "1000")
+    config.algorithm, config.model = "mean_teacher", "wrn28_2"
+    with pytest.raises(config_check.ConfigError, match="noisy_network=True needs a model"):
+        config_check.check_config(config, 1)
