@@ -16,16 +16,22 @@ from meta_semi_jax.state import TrainState
 
 
 def apply_update(state: TrainState, grads: Any, batch_stats: Any, max_ema_decay: float,
-                 ema_warmup: bool = True) -> TrainState:
+                 ema_warmup: bool = True, teacher_batch_stats: Any = None) -> TrainState:
     """Optimiser step on ``grads`` (Algorithm 1, line 13), new BatchNorm statistics,
-    then the EMA of parameters and statistics with ICT's ramped decay (or, without
-    ``ema_warmup``, ``max_ema_decay`` from the first step)."""
+    then the EMA of the parameters with ICT's ramped decay (or, without ``ema_warmup``,
+    ``max_ema_decay`` from the first step). The EMA model's BatchNorm statistics are
+    ``teacher_batch_stats`` (its own, from clean images: ``common.Teacher``) where the
+    algorithm has them, else the EMA of the student's; with ``max_ema_decay=0`` (no
+    EMA, Table 5) the EMA model is the model, statistics included."""
     decay = (ema_decay_at(state.step, max_ema_decay) if ema_warmup
              else jnp.float32(max_ema_decay))
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    return new_state.replace(
-        ema_params=ema_update(state.ema_params, new_state.params, decay),
-        ema_batch_stats=ema_update(state.ema_batch_stats, batch_stats, decay))
+    if teacher_batch_stats is None or max_ema_decay == 0:
+        ema_batch_stats = ema_update(state.ema_batch_stats, batch_stats, decay)
+    else:
+        ema_batch_stats = teacher_batch_stats
+    return new_state.replace(ema_params=ema_update(state.ema_params, new_state.params, decay),
+                             ema_batch_stats=ema_batch_stats)
 
 
 def train_step(state: TrainState, batch: SSLBatch, key: jax.Array, algorithm: Algorithm,
@@ -41,7 +47,7 @@ def train_step(state: TrainState, batch: SSLBatch, key: jax.Array, algorithm: Al
     """
     result = algorithm.gradients(state, batch, key, axis_name)
     new_state = apply_update(state, result.grads, result.batch_stats, ema_decay,
-                             algorithm.ema_warmup)
+                             algorithm.ema_warmup, result.ema_batch_stats)
     return new_state, result.metrics
 
 

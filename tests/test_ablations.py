@@ -32,10 +32,16 @@ def problem():
     return state, batch, jax.random.PRNGKey(4)
 
 
+def pseudo_targets(state, batch, settings):
+    return meta_semi.pseudo_targets(meta_semi.teacher(state, batch, settings).logits, settings)
+
+
 def batches(problem, **switches):
+    """X~, U~ and the pseudo labels of U under Table 5's ``switches``."""
     state, batch, key = problem
-    return meta_semi.mixed_batches(state, batch, key,
-                                   meta_semi.Settings(num_classes=C, beta=1.0, **switches))
+    settings = meta_semi.Settings(num_classes=C, beta=1.0, **switches)
+    targets = pseudo_targets(state, batch, settings)
+    return (*meta_semi.mixed_batches(batch, key, settings, targets), targets)
 
 
 def assert_same(a, b):
@@ -103,8 +109,7 @@ def test_no_ema_makes_the_teacher_the_model_and_changes_nothing_else(problem):
     assert_same(without.params, with_ema.params)   # this step's update is the same
     assert_differ(with_ema.ema_params, with_ema.params)
     # From then on the pseudo labels are the model's own predictions.
-    _, _, pseudo = meta_semi.mixed_batches(without, batch, key,
-                                           meta_semi.Settings(num_classes=C, beta=1.0))
+    pseudo = pseudo_targets(without, batch, meta_semi.Settings(num_classes=C, beta=1.0))
     logits, _ = without.apply_fn({"params": without.params, "batch_stats": without.batch_stats},
                                  batch.unlabeled_images, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(pseudo, jax.nn.softmax(logits), rtol=1e-6)

@@ -25,7 +25,7 @@ from meta_semi_jax import (
     train_step,
     unrolled_meta_gradient,
 )
-from meta_semi_jax.algorithms import meta_semi, supervised
+from meta_semi_jax.algorithms import ALGORITHMS, meta_semi, supervised
 from tests.tiny_models import ConvBatchNormNet
 
 ALPHA = 0.5
@@ -58,33 +58,45 @@ def make_inputs(seed=0):
     return model, state, batch
 
 
-def algorithm_1_step(model, state, batch, key, beta):
-    """One iteration of Algorithm 1 (teacher BatchNorm in train mode, as ICT)."""
-    def apply(params, batch_stats, x):
-        return model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                           mutable=["batch_stats"])
+def apply(model, params, batch_stats, x):
+    return model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                       mutable=["batch_stats"])
 
-    pseudo = jax.nn.softmax(apply(state.ema_params, state.ema_batch_stats,
-                                  batch.unlabeled_images)[0])
+
+def teacher_on_clean_images(model, state, batch):
+    """ICT's EMA model in train mode on the clean U, then the clean X: its logits on U and
+    its running statistics after both passes (ICT averages only the parameters)."""
+    logits_u, after_u = apply(model, state.ema_params, state.ema_batch_stats,
+                              batch.unlabeled_images)
+    _, after_x = apply(model, state.ema_params, after_u["batch_stats"], batch.labeled_images)
+    return logits_u, after_x["batch_stats"]
+
+
+def algorithm_1_step(model, state, batch, key, beta):
+    """One iteration of Algorithm 1 (teacher BatchNorm in train mode, as ICT), and the
+    EMA model's BatchNorm statistics from its own passes over the clean batch."""
+    logits_u, teacher_stats = teacher_on_clean_images(model, state, batch)
+    pseudo = jax.nn.softmax(logits_u)
     mixed_x, mixed_u = mixup_labeled_and_unlabeled(
         key, batch.labeled_images, jax.nn.one_hot(batch.labels, NUM_CLASSES),
         batch.unlabeled_images, pseudo, beta)
 
     def loss_fn(params, mixed):
-        return soft_cross_entropy(apply(params, state.batch_stats, mixed[0])[0], mixed[1])
+        return soft_cross_entropy(apply(model, params, state.batch_stats, mixed[0])[0],
+                                  mixed[1])
 
     meta_grad = unrolled_meta_gradient(loss_fn, state.params, tuple(mixed_x), tuple(mixed_u),
                                        learning_rate=ALPHA)               # lines 6-10
     weights = jnp.sign(jnp.maximum(-meta_grad, 0))                        # line 11
 
     def l_meta(params):                                                   # line 12
-        logits, updates = apply(params, state.batch_stats, mixed_u.inputs)
+        logits, updates = apply(model, params, state.batch_stats, mixed_u.inputs)
         losses = soft_cross_entropy(logits, mixed_u.targets)
         return jnp.sum(weights * losses) / jnp.sum(weights), updates["batch_stats"]
 
     grads, batch_stats = jax.grad(l_meta, has_aux=True)(state.params)
     new_params = jax.tree.map(lambda p, g: p - ALPHA * g, state.params, grads)  # line 13
-    return new_params, batch_stats, weights, meta_grad
+    return new_params, batch_stats, weights, meta_grad, teacher_stats
 
 
 jitted_train_step = jax.jit(train_step, static_argnames=("algorithm", "ema_decay"))
@@ -98,7 +110,7 @@ def test_train_step_equals_algorithm_1(seed):
     new_state, metrics = jitted_train_step(state, batch, key, algorithm=META_SEMI,
                                            ema_decay=0.999)
 
-    ref_params, ref_batch_stats, weights, meta_grad = jitted_algorithm_1_step(
+    ref_params, ref_batch_stats, weights, meta_grad, teacher_stats = jitted_algorithm_1_step(
         model, state, batch, key, 0.75)
     # Eq. (9) puts w = 1 also where the meta-gradient is exactly 0 (the reference's
     # sign(0) = 0); with continuous inputs that has probability 0.
@@ -108,6 +120,8 @@ def test_train_step_equals_algorithm_1(seed):
                  new_state.params, ref_params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12),
                  new_state.batch_stats, ref_batch_stats)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12),
+                 new_state.ema_batch_stats, teacher_stats)
     np.testing.assert_allclose(metrics["selected"], jnp.mean(weights), rtol=1e-12)
     # EMA after the first step: decay min(1 - 1/1, 0.999) = 0, so it copies the model.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12),
@@ -132,6 +146,23 @@ def test_supervised_step_is_cross_entropy_on_labeled_data_only():
     other = batch.replace(unlabeled_images=batch.unlabeled_images + 5.0)
     other_state, _ = train_step(state, other, jax.random.PRNGKey(0), SUPERVISED, 0.999)
     jax.tree.map(np.testing.assert_array_equal, other_state.params, new_state.params)
+
+
+def test_ict_evaluates_its_ema_model_with_statistics_of_clean_images():
+    """ICT's EMA model normalises with running statistics from its own train-mode passes
+    over the clean U and X, not with an average of the student's, which saw only mixed
+    images."""
+    model, state, batch = make_inputs()
+    state = state.replace(ema_params=jax.tree.map(lambda p: 1.1 * p, state.params))
+    ict = ALGORITHMS["ict"].make(NUM_CLASSES, alpha=1.0, weight=1.0, rampup_steps=0,
+                                 teacher_bn_mode="train")
+    new_state, _ = train_step(state, batch, jax.random.PRNGKey(3), ict, 0.999)
+    _, teacher_stats = teacher_on_clean_images(model, state, batch)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12),
+                 new_state.ema_batch_stats, teacher_stats)
+    # Without an EMA (Table 5) the EMA model is the model, statistics included.
+    no_ema, _ = train_step(state, batch, jax.random.PRNGKey(3), ict, 0.0)
+    jax.tree.map(np.testing.assert_array_equal, no_ema.ema_batch_stats, no_ema.batch_stats)
 
 
 def test_pseudo_label_diagnostics_by_hand():

@@ -19,10 +19,14 @@ from meta_semi_jax.state import TrainState, model_variables
 
 class Gradients(NamedTuple):
     """An algorithm's result on one device: global gradients, the BatchNorm statistics
-    after the training forward pass, and scalar metrics already averaged over devices."""
+    after the training forward pass, and scalar metrics already averaged over devices.
+    ``ema_batch_stats``: the EMA teacher's running statistics after its own passes over
+    the step's clean images (``Teacher``), for algorithms that run one; None leaves the
+    evaluated EMA model with the EMA of the student's statistics."""
     grads: Any
     batch_stats: Any
     metrics: dict[str, jax.Array]
+    ema_batch_stats: Any = None
 
 
 # (state, batch, key, axis_name) -> Gradients; ``key`` is equal on every device.
@@ -114,13 +118,15 @@ def ramped_weight(state: TrainState, weight: float, rampup_steps: int, ramp: str
 
 def gradients_of(objective: Callable[[Any], tuple[jax.Array, Any]], state: TrainState,
                  metrics: Callable[[Any], dict[str, jax.Array]],
-                 axis_name: str | None) -> Gradients:
+                 axis_name: str | None, ema_batch_stats: Any = None) -> Gradients:
     """Global gradients of ``objective(params) -> (device share of the loss, (batch_stats,
-    aux))``; ``metrics(aux)`` adds scalars to the global ``loss``."""
+    aux))``; ``metrics(aux)`` adds scalars to the global ``loss``; ``ema_batch_stats``
+    as ``Gradients``'."""
     (loss, (batch_stats, aux)), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params)
     return Gradients(psum_if(grads, axis_name), pmean_if(batch_stats, axis_name),
-                     {"loss": psum_if(loss, axis_name), **metrics(aux)})
+                     {"loss": psum_if(loss, axis_name), **metrics(aux)},
+                     pmean_if(ema_batch_stats, axis_name))
 
 
 def per_example_losses_and_stats(state: TrainState, float32: bool = False
@@ -194,7 +200,41 @@ def teacher_logits(state: TrainState, images: jax.Array, teacher_bn_mode: str,
                                    rngs=network_rngs(rng))
     else:
         logits = state.apply_fn(variables, images, train=False)
-    return lax.stop_gradient(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
+    return lax.stop_gradient(at_least_float32(logits))
+
+
+class Teacher(NamedTuple):
+    """The EMA teacher on a step's clean (augmented, not mixed) images."""
+    logits: jax.Array      # on the unlabeled images, without gradient, at least float32
+    batch_stats: Any       # its running statistics after train-mode passes over U, then X
+
+
+def teacher_on_clean_images(state: TrainState, unlabeled_images: jax.Array,
+                            labeled_images: jax.Array, teacher_bn_mode: str,
+                            rng: jax.Array | None = None) -> Teacher:
+    """The EMA teacher as ICT's code runs it: in train mode over the clean unlabeled and
+    then the clean labeled batch, each pass updating the teacher's own running BatchNorm
+    statistics (ICT averages only the parameters), which the evaluated EMA model then
+    uses; its logits on U in ``teacher_bn_mode`` (train: that same pass). Statistics
+    from clean images keep the variance the test images have, which mixed images, with
+    their smaller activation variance, would not. ``rng`` draws a noisy network's noise.
+    """
+    variables = model_variables(state.ema_params, state.ema_batch_stats)
+    k_u, k_x = (None, None) if rng is None else jax.random.split(rng)
+    logits, updates = state.apply_fn(variables, unlabeled_images, train=True,
+                                     mutable=["batch_stats"], rngs=network_rngs(k_u))
+    stats = updates.get("batch_stats", state.ema_batch_stats)
+    _, updates = state.apply_fn(model_variables(state.ema_params, stats), labeled_images,
+                                train=True, mutable=["batch_stats"], rngs=network_rngs(k_x))
+    if teacher_bn_mode != "train":
+        logits = state.apply_fn(variables, unlabeled_images, train=False)
+    return Teacher(lax.stop_gradient(at_least_float32(logits)),
+                   lax.stop_gradient(updates.get("batch_stats", stats)))
+
+
+def at_least_float32(logits: jax.Array) -> jax.Array:
+    """Low-precision logits in float32, so that they give well-formed probabilities."""
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 def pseudo_labels(state: TrainState, images: jax.Array, teacher_bn_mode: str,
@@ -212,7 +252,8 @@ def labeled_and_consistency_gradients(state: TrainState, labeled_images: jax.Arr
                                       unlabeled_images: jax.Array,
                                       consistency_targets: ConsistencyTargets,
                                       weight: jax.Array, axis_name: str | None,
-                                      rng: jax.Array | None = None) -> Gradients:
+                                      rng: jax.Array | None = None,
+                                      ema_batch_stats: Any = None) -> Gradients:
     """Gradients of ``mean CE(f(x), y) + weight * mean softmax_mse(f(u), t)``, the loss
     shape of the Pi-model, Mean Teacher and MixMatch.
 
@@ -220,7 +261,8 @@ def labeled_and_consistency_gradients(state: TrainState, labeled_images: jax.Arr
     those methods' codes); ``consistency_targets`` then gives ``t`` (it may run further
     forward passes, continuing the BatchNorm statistics). Both means are over the global
     batch. Metrics: ``labeled_loss``, ``consistency_loss`` and ``consistency_weight``.
-    ``rng`` draws a noisy network's noise in the first pass.
+    ``rng`` draws a noisy network's noise in the first pass; ``ema_batch_stats`` as
+    ``Gradients``'.
     """
     num_labeled = labeled_images.shape[0]
 
@@ -239,4 +281,4 @@ def labeled_and_consistency_gradients(state: TrainState, labeled_images: jax.Arr
                 "consistency_loss": psum_if(consistency, axis_name),
                 "consistency_weight": weight}
 
-    return gradients_of(objective, state, metrics, axis_name)
+    return gradients_of(objective, state, metrics, axis_name, ema_batch_stats)

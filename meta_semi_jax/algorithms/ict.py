@@ -8,8 +8,9 @@ mixes the logits and its ``softmax_mse_loss`` takes the softmax of the mix),
 Recipe (ICT's published CNN-13 commands): alpha 1.0 on CIFAR and 0.1 on SVHN for both
 MixUps, ``w_max = 100`` with a sigmoid ramp-up over the first quarter of training
 (``config.ict.alpha`` / ``.weight`` / ``.rampup_steps``); the teacher is the EMA model
-in ``teacher_bn_mode`` (ICT: train mode). ``consistency_term`` is also Meta-Semi +
-ICT's Eq. (14) term.
+in ``teacher_bn_mode`` (ICT: train mode), whose BatchNorm statistics come from its own
+passes over the clean batch (``common.teacher_on_clean_images``, as ICT's code).
+``consistency_term`` is also Meta-Semi + ICT's Eq. (14) term.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from meta_semi_jax.algorithms.common import (
     mix_global,
     psum_if,
     ramped_weight,
-    teacher_logits,
+    teacher_on_clean_images,
 )
 from meta_semi_jax.losses import soft_cross_entropy, softmax_mse
 from meta_semi_jax.mixup import sample_mixup_lambda
@@ -65,10 +66,11 @@ def make(num_classes: int, *, alpha: float, weight: float, rampup_steps: int,
         mixed_x = mix_global(k_perm, batch.labeled_images,
                              jax.nn.one_hot(batch.labels, num_classes),
                              sample_mixup_lambda(k_lam, alpha), axis_name)
-        consistency = consistency_term(
-            state, batch.unlabeled_images,
-            teacher_logits(state, batch.unlabeled_images, teacher_bn_mode),
-            alpha=alpha, weight=weight, rampup_steps=rampup_steps, axis_name=axis_name)
+        teacher = teacher_on_clean_images(state, batch.unlabeled_images, batch.labeled_images,
+                                          teacher_bn_mode)
+        consistency = consistency_term(state, batch.unlabeled_images, teacher.logits,
+                                       alpha=alpha, weight=weight, rampup_steps=rampup_steps,
+                                       axis_name=axis_name)
 
         def objective(params: Any):
             logits, batch_stats = forward_train(state, params, mixed_x.inputs)
@@ -79,5 +81,5 @@ def make(num_classes: int, *, alpha: float, weight: float, rampup_steps: int,
         return gradients_of(objective, state, lambda supervised: {
             "labeled_loss": psum_if(supervised, axis_name),
             "consistency_weight": ramped_weight(state, weight, rampup_steps, "sigmoid")},
-            axis_name)
+            axis_name, ema_batch_stats=teacher.batch_stats)
     return Algorithm(gradients)

@@ -10,7 +10,9 @@ converts it at the run's batch), EMA decay at its maximum from the first step
 (``ema_warmup=False``: its ``ema_decay_during_rampup`` equals the later 0.999), and
 Gaussian input noise 0.15 and dropout 0.5 in student and teacher (``noisy_network``):
 ``config.mean_teacher.*``. The teacher is the run's EMA (``config.ema_decay``) in
-``teacher_bn_mode``. The factory asks for two unlabeled views.
+``teacher_bn_mode``, with BatchNorm statistics of its own passes over the clean batch
+(``common.teacher_on_clean_images``; Mean Teacher's PyTorch code, like ICT's, averages
+only the parameters). The factory asks for two unlabeled views.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from meta_semi_jax.algorithms.common import (
     SSLBatch,
     device_key,
     labeled_and_consistency_gradients,
-    pseudo_labels,
     ramped_weight,
+    teacher_on_clean_images,
 )
 from meta_semi_jax.state import TrainState
 
@@ -38,10 +40,12 @@ def make(num_classes: int, *, weight: float, rampup_steps: int, teacher_bn_mode:
                   axis_name: str | None = None) -> Gradients:
         k_student, k_teacher = jax.random.split(device_key(key, axis_name))
         views = batch.unlabeled_views()
-        teacher = pseudo_labels(state, views[1], teacher_bn_mode, rng=k_teacher)
+        teacher = teacher_on_clean_images(state, views[1], batch.labeled_images,
+                                          teacher_bn_mode, rng=k_teacher)
         return labeled_and_consistency_gradients(
             state, batch.labeled_images, jax.nn.one_hot(batch.labels, num_classes), views[0],
-            lambda params, batch_stats: (teacher, batch_stats),
-            ramped_weight(state, weight, rampup_steps, "sigmoid"), axis_name, rng=k_student)
+            lambda params, batch_stats: (jax.nn.softmax(teacher.logits), batch_stats),
+            ramped_weight(state, weight, rampup_steps, "sigmoid"), axis_name, rng=k_student,
+            ema_batch_stats=teacher.batch_stats)
     return Algorithm(gradients, unlabeled_views=2, noisy_network=noisy_network,
                      ema_warmup=ema_warmup)

@@ -29,12 +29,13 @@ from meta_semi_jax.algorithms.common import (
     Algorithm,
     Gradients,
     SSLBatch,
+    Teacher,
     per_example_loss_fn,
     per_example_losses_and_stats,
     pmean_if,
     pseudo_label_diagnostics,
-    pseudo_labels,
     psum_if,
+    teacher_on_clean_images,
 )
 from meta_semi_jax.meta import (
     MetaGradMethod,
@@ -61,8 +62,8 @@ WEIGHT_RULES: dict[str, WeightRule] = {
 
 # A term added to L_meta (Eq. 14): (params, batch_stats, key) -> (device share, batch_stats).
 ExtraLoss = Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]]
-# (state, batch, axis_name) -> the step's ExtraLoss
-ExtraLossOfStep = Callable[[TrainState, SSLBatch, "str | None"], ExtraLoss]
+# (state, batch, the teacher's logits on U, axis_name) -> the step's ExtraLoss
+ExtraLossOfStep = Callable[[TrainState, SSLBatch, jax.Array, "str | None"], ExtraLoss]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,35 +102,41 @@ def reweighting(settings: Settings, weight_rule: WeightRule,
     ``extra_loss`` (Eq. 14) added to ``L_meta`` where given."""
     def step_gradients(state: TrainState, batch: SSLBatch, key: jax.Array,
                        axis_name: str | None = None) -> Gradients:
-        extra = None if extra_loss is None else extra_loss(state, batch, axis_name)
-        return gradients(state, batch, key, settings, weight_rule, axis_name, extra)
+        return gradients(state, batch, key, settings, weight_rule, axis_name, extra_loss)
     return Algorithm(step_gradients)
 
 
-def pseudo_targets(state: TrainState, images: jax.Array, settings: Settings) -> jax.Array:
+def teacher(state: TrainState, batch: SSLBatch, settings: Settings) -> Teacher:
+    """The EMA teacher on the step's clean batch: its logits on U and its own BatchNorm
+    statistics (``common.teacher_on_clean_images``)."""
+    return teacher_on_clean_images(state, batch.unlabeled_images, batch.labeled_images,
+                                   settings.teacher_bn_mode)
+
+
+def pseudo_targets(teacher_logits: jax.Array, settings: Settings) -> jax.Array:
     """The targets of U: the EMA model's soft predictions (Sec. 3.3), or their argmax
     as one-hot vectors (``pseudo_label='one_hot'``)."""
-    soft = pseudo_labels(state, images, settings.teacher_bn_mode)
+    soft = jax.nn.softmax(teacher_logits)
     if settings.pseudo_label == "one_hot":
         return jax.nn.one_hot(jnp.argmax(soft, -1), soft.shape[-1], dtype=soft.dtype)
     return soft
 
 
-def mixed_batches(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Settings,
-                  axis_name: str | None = None) -> tuple[Mixed, Mixed, jax.Array]:
-    """This device's X~ and U~ (Eqs. 12-13) and the pseudo labels of its U (Sec. 3.3).
+def mixed_batches(batch: SSLBatch, key: jax.Array, settings: Settings, targets_u: jax.Array,
+                  axis_name: str | None = None) -> tuple[Mixed, Mixed]:
+    """This device's X~ and U~ (Eqs. 12-13), U carrying its pseudo labels ``targets_u``
+    (Sec. 3.3, ``pseudo_targets``).
 
     MixUp partners are drawn from the global batch, so the step does not depend on how
     many devices share it; each device then keeps its slice of X~ and U~.
     """
     one_hot = jax.nn.one_hot(batch.labels, settings.num_classes)
-    targets_u = pseudo_targets(state, batch.unlabeled_images, settings)
     global_inputs: tuple[jax.Array, jax.Array, jax.Array, jax.Array] = gather_global(
         (batch.labeled_images, one_hot, batch.unlabeled_images, targets_u), axis_name)
     mixed_x, mixed_u = local_shard(mixup_labeled_and_unlabeled(
         key, *global_inputs, settings.beta, mix_labeled=settings.mixup in ("both", "labeled"),
         mix_unlabeled=settings.mixup in ("both", "unlabeled")), axis_name)
-    return mixed_x, mixed_u, targets_u
+    return mixed_x, mixed_u
 
 
 def assumption_terms(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Settings,
@@ -138,7 +145,8 @@ def assumption_terms(state: TrainState, batch: SSLBatch, key: jax.Array, setting
     """For one sample of (X~, U~): ``||grad L_meta||^2`` and ``grad G(X~)`` with
     ``G = sum_i L(y~_i, p(x~_i))`` (Eq. 15), the two sides of Assumption 1."""
     meta_grads = gradients(state, batch, key, settings, weight_rule, axis_name).grads
-    mixed_x, _, _ = mixed_batches(state, batch, key, settings, axis_name)
+    targets_u = pseudo_targets(teacher(state, batch, settings).logits, settings)
+    mixed_x, _ = mixed_batches(batch, key, settings, targets_u, axis_name)
     g_labeled = labeled_gradient(per_example_loss_fn(state), state.params, tuple(mixed_x),
                                  axis_name)
     return optax.tree.norm(meta_grads, squared=True), g_labeled
@@ -159,8 +167,9 @@ def labeled_direction(state: TrainState, mixed_x: Mixed,
 
 def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Settings,
               weight_rule: WeightRule, axis_name: str | None = None,
-              extra_loss: ExtraLoss | None = None) -> Gradients:
-    """Global gradient of Eq. (1) (plus ``extra_loss``, Eq. 14) for one Meta-Semi step.
+              extra_loss: ExtraLossOfStep | None = None) -> Gradients:
+    """Global gradient of Eq. (1) (plus ``extra_loss``, Eq. 14) for one Meta-Semi step,
+    and the EMA teacher's BatchNorm statistics from its passes over the clean batch.
 
     ``key`` must be the same on every device of ``axis_name``. With ``meta_grad='jvp'``
     the forward pass of U~ is shared by the scores and the update
@@ -170,7 +179,9 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Sett
     weight), ``labeled_loss`` (mean loss on X~), ``mean_score``, and with
     ``batch.hidden_labels`` the pseudo-label accuracies of ``pseudo_label_diagnostics``.
     """
-    mixed_x, mixed_u, targets_u = mixed_batches(state, batch, key, settings, axis_name)
+    clean = teacher(state, batch, settings)
+    targets_u = pseudo_targets(clean.logits, settings)
+    mixed_x, mixed_u = mixed_batches(batch, key, settings, targets_u, axis_name)
     labeled_sum, g_x = labeled_direction(state, mixed_x, axis_name)
     scored = score_unlabeled(settings.meta_grad, per_example_losses_and_stats(state),
                              state.params, tuple(mixed_x), tuple(mixed_u), g_x,
@@ -179,7 +190,8 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Sett
     coefficients = loss_coefficients(weight_rule(scores, axis_name), axis_name)
     loss, grads = jnp.sum(coefficients * scored.losses), scored.pullback(coefficients)
     if extra_loss is not None:
-        (extra, batch_stats), extra_grads = jax.value_and_grad(extra_loss, has_aux=True)(
+        (extra, batch_stats), extra_grads = jax.value_and_grad(
+            extra_loss(state, batch, clean.logits, axis_name), has_aux=True)(
             state.params, batch_stats, jax.random.fold_in(key, 1))
         loss, grads = loss + extra, jax.tree.map(jnp.add, grads, extra_grads)
 
@@ -192,4 +204,5 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Sett
         metrics.update(pseudo_label_diagnostics(
             lax.stop_gradient(targets_u), batch.hidden_labels, batch.labels.shape[0],
             selected, axis_name))
-    return Gradients(psum_if(grads, axis_name), pmean_if(batch_stats, axis_name), metrics)
+    return Gradients(psum_if(grads, axis_name), pmean_if(batch_stats, axis_name), metrics,
+                     pmean_if(clean.batch_stats, axis_name))
