@@ -18,6 +18,7 @@ from __future__ import annotations
 import ml_collections
 
 from meta_semi_jax.config_base import (
+    VAT_EPSILON,
     base_config,
     epochs_to_steps,
     label_count,
@@ -41,7 +42,9 @@ def get_config(num_labels: str = "50") -> ml_collections.ConfigDict:
     c.eval_every_steps = 200
     unlabeled = 1297 - c.num_validation
     set_baseline_recipes(c, steps_per_epoch=epochs_to_steps(1, unlabeled, 96),
-                         num_train_images=unlabeled, mixmatch_weight=75.0)
+                         num_train_images=unlabeled, mixmatch_weight=75.0,
+                         # CIFAR-10's VAT ball per pixel: 8.0 * sqrt(64 / 3072) pixels.
+                         vat_epsilon=VAT_EPSILON * (64 / 3072) ** 0.5)
     # MixMatch ramps lambda_u over 1/64 of its run (16,384 of 1,048,576 steps).
     c.mixmatch.rampup_steps = c.get_ref("num_train_steps") // 64
     return c

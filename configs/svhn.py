@@ -21,6 +21,9 @@ from meta_semi_jax.config_base import cnn13_config
 
 def get_config(num_labels: str = "1000") -> ml_collections.ConfigDict:
     c = cnn13_config("svhn", num_labels, num_validation=1000, train_size=73_257,
-                     mixmatch_weight=250.0, ict_alpha=0.1)
+                     mixmatch_weight=250.0, ict_alpha=0.1,
+                     # vat_tf's 3.5 on pixels in [-0.5, 0.5], in units of SVHN's channel
+                     # std (about 0.2 of that range): 3.5 / 0.2.
+                     vat_epsilon=17.5)
     c.translate, c.flip = 2, False
     return c

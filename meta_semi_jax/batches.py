@@ -32,12 +32,15 @@ class SSLBatch:
     unlabeled images: they only feed diagnostics (pseudo-label accuracy), never a loss.
     ``extra_unlabeled_views`` ``[V - 1, B_u, H, W, C]`` (optional) are further random
     augmentations of the same unlabeled images, for algorithms that compare views.
+    ``unlabeled_ids`` ``[B_u]`` (optional) are the unlabeled images' indices in the whole
+    (global) unlabeled pool, for algorithms that keep a value per example.
     """
     labeled_images: jax.Array
     labels: jax.Array
     unlabeled_images: jax.Array
     hidden_labels: jax.Array | None = None
     extra_unlabeled_views: jax.Array | None = None
+    unlabeled_ids: jax.Array | None = None
 
     def unlabeled_views(self) -> jax.Array:
         """All augmented views of the unlabeled images, ``[V, B_u, H, W, C]``."""

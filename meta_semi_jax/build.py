@@ -21,6 +21,7 @@ from meta_semi_jax.models import create_model
 from meta_semi_jax.optim import make_optimizer
 from meta_semi_jax.parallel import AXIS, DataParallel, make_mesh
 from meta_semi_jax.run_dir import check_same_split
+from meta_semi_jax.selection import SelectionProbe, selection_probe
 from meta_semi_jax.state import TrainState, create_train_state
 from meta_semi_jax.step import device_train_step, step_keys
 
@@ -65,6 +66,16 @@ class Training:
     test_eval: Evaluator
     ratio_fn: Callable[..., dict[str, jax.Array]] | None  # Assumption 1, when logged
     stream: HostStream | None  # the unlabeled pool in host memory ('host' placement)
+    probe: SelectionProbe | None = None  # Eq. (9)'s selection diagnostics, when made
+
+
+def unlabeled_pool_size(config: ml_collections.ConfigDict, num_unlabeled: int,
+                        num_devices: int) -> int:
+    """Images of the unlabeled pool as the devices read it: a sharded pool is cut to a
+    multiple of the device count (``place_data``)."""
+    if config.unlabeled_placement == "sharded":
+        return num_unlabeled - num_unlabeled % num_devices
+    return num_unlabeled
 
 
 def place_data(dp: DataParallel, ssl: data_lib.SSLData, unlabeled_kind: str,
@@ -102,6 +113,9 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
                                jnp.zeros((1,) + ssl.labeled_images.shape[1:], jnp.float32))
     if config.compute_dtype != "float32":
         state = state.replace(float32_apply_fn=model().apply)
+    if algorithm.init_state is not None:
+        state = state.replace(algorithm_state=algorithm.init_state(
+            unlabeled_pool_size(config, len(ssl.unlabeled_labels), dp.num_devices)))
     unlabeled_kind = "replicated" if config.unlabeled_placement == "replicated" else "sharded"
     # DeviceData's pytree with a placement kind (str) at each leaf: dp.run's in_kinds.
     data_kinds = cast(Any, DeviceData)(
@@ -115,7 +129,7 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
     ratio_fn = None
     if config.log_assumption_ratio:
         terms = algorithm.assumption_terms
-        assert terms is not None, "config_check admits the ratio only for meta_semi"
+        assert terms is not None, "config_check admits the ratio only where it has terms"
         ratio_fn = dp.run(functools.partial(
             device_assumption_ratio, sampler=dataclasses.replace(sampler, unlabeled_views=1),
             terms=terms, num_samples=config.assumption_ratio_samples),
@@ -132,4 +146,5 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
                            config.eval_batch_size),
         test_eval=Evaluator(dp, ssl.test_images, ssl.test_labels, ssl.mean, ssl.std,
                             config.eval_batch_size),
-        ratio_fn=ratio_fn, stream=stream)
+        ratio_fn=ratio_fn, stream=stream,
+        probe=selection_probe(config, dp, ssl, algorithm))

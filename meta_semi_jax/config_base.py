@@ -18,16 +18,21 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# VAT's perturbation norm on CIFAR-10 (vat_tf's VAT+EntMin command with augmentation), on
+# images of about unit variance per pixel (algorithms/vat.py).
+VAT_EPSILON = 8.0
+
+
 def set_baseline_recipes(c: ml_collections.ConfigDict, *, steps_per_epoch: int,
                          num_train_images: int, mixmatch_weight: float,
-                         ict_alpha: float = 1.0) -> None:
+                         ict_alpha: float = 1.0, vat_epsilon: float = VAT_EPSILON) -> None:
     """The other algorithms' hyper-parameters, ``c.<algorithm>.*``, from their own papers
     (each module in ``meta_semi_jax/algorithms`` says where a value comes from).
 
     Ramp-ups given in epochs use ``steps_per_epoch``; Mean Teacher's, given in images
     (40,000 steps of 100), uses the config's batch sizes, so set them first. ICT's
-    ramp-up (a quarter of training) and the Pi-model's and Mean Teacher's weights
-    (scaled by the labeled fraction) follow overrides of ``num_train_steps`` and
+    ramp-up (a quarter of training) and the weights scaled by the labeled fraction
+    (Pi-model, Temporal Ensembling, Mean Teacher) follow overrides of ``num_train_steps`` and
     ``num_labels``.
     """
     steps = c.get_ref("num_train_steps")
@@ -36,15 +41,22 @@ def set_baseline_recipes(c: ml_collections.ConfigDict, *, steps_per_epoch: int,
     c.pi_model = ml_collections.ConfigDict({
         "weight": labeled_fraction_weight, "rampup_steps": 80 * steps_per_epoch,
         "noisy_network": True})
-    c.mean_teacher = ml_collections.ConfigDict({
+    c.temporal_ensembling = ml_collections.ConfigDict({
+        "weight": c.get_ref("num_labels") * (30.0 / num_train_images),
+        "rampup_steps": 80 * steps_per_epoch, "momentum": 0.6, "noisy_network": True})
+    mean_teacher = {
         "weight": labeled_fraction_weight,
         "rampup_steps": epochs_to_steps(80, num_train_images,
                                         c.labeled_batch_size + c.unlabeled_batch_size),
-        "noisy_network": True, "ema_warmup": False})
+        "noisy_network": True, "ema_warmup": False}
+    c.mean_teacher = ml_collections.ConfigDict(mean_teacher)
+    # MT + SNTG: Mean Teacher's recipe plus SNTG's graph weight and margin (config.py).
+    c.sntg = ml_collections.ConfigDict({**mean_teacher, "graph_weight": 0.4, "margin": 1.0})
     c.ict = ml_collections.ConfigDict({
         "alpha": ict_alpha, "weight": 100.0, "rampup_steps": steps // 4})
     c.meta_semi_ict = ml_collections.ConfigDict({
         "alpha": ict_alpha, "weight": 100.0, "rampup_steps": steps // 4})
+    c.vat = ml_collections.ConfigDict({"epsilon": vat_epsilon, "alpha": 1.0})
     c.mixmatch = ml_collections.ConfigDict({
         "alpha": 0.75, "weight": mixmatch_weight, "rampup_steps": 16_384,
         "temperature": 0.5, "augmentations": 2})
@@ -60,11 +72,13 @@ def label_count(arg: str) -> int:
 
 
 def cnn13_config(dataset: str, num_labels: str, num_validation: int, train_size: int, *,
-                 mixmatch_weight: float, ict_alpha: float = 1.0) -> ml_collections.ConfigDict:
+                 mixmatch_weight: float, ict_alpha: float = 1.0,
+                 vat_epsilon: float = VAT_EPSILON) -> ml_collections.ConfigDict:
     """Appendix C's CNN-13 recipe: SGD Nesterov 0.9, L2 1e-4, lr 0.1 cosine to 0 over 600
     epochs, batch 25 labeled + 75 unlabeled, EMA 0.999. An epoch is one pass over the
     unlabeled set (ICT's definition), which holds every non-validation training image.
-    ``mixmatch_weight`` (MixMatch's lambda_u) and ``ict_alpha`` differ per dataset."""
+    ``mixmatch_weight`` (MixMatch's lambda_u), ``ict_alpha`` and ``vat_epsilon`` differ
+    per dataset."""
     c = base_config()
     c.dataset, c.model = dataset, "cnn13"
     c.num_labels = label_count(num_labels)
@@ -77,7 +91,8 @@ def cnn13_config(dataset: str, num_labels: str, num_validation: int, train_size:
     c.eval_batch_size = 500
     set_baseline_recipes(c, steps_per_epoch=epochs_to_steps(1, train_size - num_validation, 75),
                          num_train_images=train_size - num_validation,
-                         mixmatch_weight=mixmatch_weight, ict_alpha=ict_alpha)
+                         mixmatch_weight=mixmatch_weight, ict_alpha=ict_alpha,
+                         vat_epsilon=vat_epsilon)
     return c
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import ml_collections
 
+from meta_semi_jax import algorithms
 from meta_semi_jax.algorithms import ALGORITHMS
 from meta_semi_jax.config_fields import FIELDS
 from meta_semi_jax.data import DATASET_CHOICES, is_known_dataset
@@ -33,6 +34,10 @@ ALGORITHM_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augmentations": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     "noisy_network": (lambda v: isinstance(v, bool), "True or False"),
     "ema_warmup": (lambda v: isinstance(v, bool), "True or False"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "epsilon": (lambda v: v > 0, "a number > 0"),
+    "graph_weight": (lambda v: v >= 0, "a number >= 0"),
+    "margin": (lambda v: v > 0, "a number > 0"),
 }
 
 DIVISIBLE_BY_DEVICES = ("labeled_batch_size", "unlabeled_batch_size", "eval_batch_size")
@@ -50,9 +55,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         if field.allowed is not None and not field.allowed.allows(config[name]):
             raise _fail(config, name, field.allowed.describe())
     check_algorithm_fields(config)
-    if config.log_assumption_ratio and config.algorithm != "meta_semi":
-        raise _fail(config, "log_assumption_ratio", "Assumption 1 is about L_meta: it needs "
-                    "config.algorithm='meta_semi'")
+    check_algorithm_needs(config)
     if config.log_assumption_ratio and config.unlabeled_placement == "host":
         raise _fail(config, "log_assumption_ratio", "its random batches are drawn from the "
                     "unlabeled pool on the devices: it needs config.unlabeled_placement "
@@ -61,6 +64,23 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         if config[name] % num_devices:
             raise _fail(config, name,
                         f"it must be a multiple of the number of devices ({num_devices})")
+
+
+def check_algorithm_needs(config: ml_collections.ConfigDict) -> None:
+    """What the algorithm, as its factory makes it, needs from the model and the data
+    (making it computes nothing; the class count does not change what it needs)."""
+    algorithm = algorithms.from_config(config, num_classes=2)
+    if algorithm.noisy_network and config.model not in NOISY_MODELS:
+        raise ConfigError(f"config.{config.algorithm}.noisy_network=True needs a model "
+                          f"with the network noise ({', '.join(NOISY_MODELS)}), not "
+                          f"config.model={config.model!r}")
+    if algorithm.init_state is not None and config.unlabeled_placement == "host":
+        raise _fail(config, "unlabeled_placement", f"{config.algorithm} keeps a value per "
+                    f"unlabeled image and reads the images' pool indices on the devices: it "
+                    f"needs 'replicated' or 'sharded'")
+    if config.log_assumption_ratio and algorithm.assumption_terms is None:
+        raise _fail(config, "log_assumption_ratio", "Assumption 1 is about L_meta: it needs "
+                    "config.algorithm='meta_semi'")
 
 
 def check_algorithm_fields(config: ml_collections.ConfigDict) -> None:
@@ -72,10 +92,6 @@ def check_algorithm_fields(config: ml_collections.ConfigDict) -> None:
             if not test(value):
                 raise ConfigError(f"config.{config.algorithm}.{field}={value!r} is not "
                                   f"allowed: it must be {allowed}")
-        if own.get("noisy_network") and config.model not in NOISY_MODELS:
-            raise ConfigError(f"config.{config.algorithm}.noisy_network=True needs a model "
-                              f"with the network noise ({', '.join(NOISY_MODELS)}), not "
-                              f"config.model={config.model!r}")
     taken = ALGORITHMS[config.algorithm].top_level_fields
     for field in ABLATION_SWITCHES:
         default = FIELDS[field].default

@@ -113,6 +113,10 @@ FIELDS: dict[str, Field] = {
                                   "Monte-Carlo ratio of Assumption 1 at each evaluation"),
     "assumption_ratio_samples": Field(500, POSITIVE, False,
                                       "the paper's sample size (Fig. 2)"),
+    "selection_probe_size": Field(1000, NON_NEGATIVE, False,
+                                  "unlabeled examples with known labels whose unmixed meta "
+                                  "scores each evaluation checks against their pseudo "
+                                  "labels' correctness (selection.py); 0: off"),
     # Checkpoints (orbax): every so many steps and at the end; a rerun resumes.
     "checkpoint_every_steps": Field(1000, POSITIVE, False, "steps between checkpoints"),
     "max_checkpoints": Field(2, POSITIVE, False, "checkpoints kept"),

@@ -24,6 +24,7 @@ from meta_semi_jax.build import Training, build_training
 from meta_semi_jax.logs import RunLog
 from meta_semi_jax.parallel import DataParallel, bytes_on_this_process
 from meta_semi_jax.run_dir import damaged_checkpoint, write_json
+from meta_semi_jax.selection import SelectionCounts
 from meta_semi_jax.state import TrainState
 
 
@@ -53,22 +54,26 @@ class BestEvaluation:
 class LoopState:
     """The loop's bookkeeping, saved with each checkpoint (``record``) and restored on
     resume (``from_record``). ``wall_seconds``: the run's time up to the last save,
-    the runs it resumes included."""
+    the runs it resumes included. ``selection_counts``: the sums of the pseudo-label
+    counts since the last evaluation (``selection.SelectionCounts``)."""
     step: int = 0
     best: BestEvaluation = dataclasses.field(default_factory=BestEvaluation)
     val_accuracy: float | None = None
     wall_seconds: float = 0.0
+    selection_counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def record(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
         """The checkpoint's JSON record, with the fields a resume must keep."""
         return {"step": self.step, "best": dataclasses.asdict(self.best),
                 "val_accuracy": self.val_accuracy, "wall_seconds": self.wall_seconds,
+                "selection_counts": self.selection_counts,
                 "config": checkpoint.fixed_fields(config)}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> LoopState:
         return cls(step=record["step"], best=BestEvaluation(**record["best"]),
-                   val_accuracy=record["val_accuracy"], wall_seconds=record["wall_seconds"])
+                   val_accuracy=record["val_accuracy"], wall_seconds=record["wall_seconds"],
+                   selection_counts=record.get("selection_counts", {}))
 
 
 class Progress:
@@ -157,6 +162,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
                  config.unlabeled_placement, bytes_on_this_process(device_data.unlabeled_images))
     stop = StopSignal()
     progress = Progress(config.num_train_steps)
+    counts = SelectionCounts(dp, loop.selection_counts)  # summed between evaluations
     earlier_seconds = loop.wall_seconds  # spent by the runs this one resumes
 
     def wall_seconds() -> float:
@@ -167,6 +173,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
         if training.stream is not None:  # the batch of the step that starts at state.step
             device_data = training.stream.with_batch(device_data, step - 1)
         state, metrics = training.step_fn(state, device_data, training.run_key)
+        metrics = counts.add(metrics)
         if step == first_step:
             jax.block_until_ready(metrics)
             logging.info("first step (with compilation) took %.1f s", time.time() - start)
@@ -186,17 +193,21 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
             # The test error is logged for the learning curves only; nothing selects on it.
             record = {"step": step, "val_accuracy": val_accuracy,
                       "test_accuracy": training.test_eval.accuracy(state),
-                      "wall_seconds": wall_seconds(), **host_metrics(metrics, dp)}
+                      "wall_seconds": wall_seconds(), **host_metrics(metrics, dp),
+                      **counts.take()}
             if val_accuracy > loop.best.val_accuracy:
                 loop.best = BestEvaluation(val_accuracy, step, record["test_accuracy"])
             if training.ratio_fn is not None:
                 record.update(host_metrics(
                     training.ratio_fn(state, device_data, training.run_key), dp))
+            if training.probe is not None:
+                record.update(training.probe.metrics(state))
             run_log.evaluation(record)
             logging.info("step %d  val accuracy %.2f%%  (best %.2f%% at step %d)", step,
                          val_accuracy, loop.best.val_accuracy, loop.best.step)
         if checkpoint_due:
             loop.step, loop.wall_seconds = step, wall_seconds()
+            loop.selection_counts = counts.on_host()
             checkpoint.save(manager, step, dp.unreplicate(state), loop.record(config))
         if stop.received and not last:
             manager.wait_until_finished()

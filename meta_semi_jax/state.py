@@ -24,6 +24,9 @@ class TrainState(train_state.TrainState):
     batch_stats: Any
     ema_params: Any
     ema_batch_stats: Any
+    # What an algorithm keeps from step to step besides the model (Temporal Ensembling's
+    # ensemble predictions), replicated like the rest; None for most algorithms.
+    algorithm_state: Any = None
     # The same model computing in float32, when ``apply_fn`` computes in lower precision:
     # Meta-Semi takes its labeled gradient g_X (the direction of every score) from it.
     float32_apply_fn: Callable[..., Any] | None = flax.struct.field(pytree_node=False,

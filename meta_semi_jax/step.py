@@ -48,6 +48,8 @@ def train_step(state: TrainState, batch: SSLBatch, key: jax.Array, algorithm: Al
     result = algorithm.gradients(state, batch, key, axis_name)
     new_state = apply_update(state, result.grads, result.batch_stats, ema_decay,
                              algorithm.ema_warmup, result.ema_batch_stats)
+    if result.algorithm_state is not None:
+        new_state = new_state.replace(algorithm_state=result.algorithm_state)
     return new_state, result.metrics
 
 

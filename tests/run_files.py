@@ -18,9 +18,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # The tests' end-to-end digits run: its compiled programs (a function of the config and
 # the device count, not of the seeds) are shared by every test that runs it, through the
 # session's compilation cache (``conftest.py``), so that most of its runs compile nothing.
+# The selection probe (``selection.py``) scores one unlabeled batch per evaluation.
 QUICK_RUN = ("--config=configs/digits.py:50", "--config.num_train_steps=90",
              "--config.eval_every_steps=15", "--config.checkpoint_every_steps=30",
-             "--config.log_every_steps=15")
+             "--config.log_every_steps=15", "--config.selection_probe_size=96")
 QUICK_RUN_DEVICES = 2
 # Assumption 1's ratio (a program of its own) at each evaluation of the shared quick run
 # (``conftest.finished_quick_run``).

@@ -129,6 +129,35 @@ def test_mean_teacher(problem):
           + 100.0 * jnp.mean(mse(f(p, batch.unlabeled_images), teacher)))
 
 
+def test_temporal_ensembling(problem):
+    """Laine & Aila's loss against the bias-corrected ensemble z~ = Z / (1 - a^n) of the
+    earlier predictions (0 before the first), and the ensemble's update."""
+    state, batch, _ = problem
+    rng = np.random.default_rng(5)
+    pool, momentum = 9, 0.6
+    ids = np.array([4, 0, 7, 2, 8, 5], np.int32)  # N_U images of a pool of 9
+    predictions = rng.dirichlet(np.ones(C), pool).astype(np.float32)
+    counts = np.array([3, 0, 1, 0, 2, 0, 0, 5, 1], np.int32)
+    state = state.replace(algorithm_state=(predictions, counts))
+    batch = batch.replace(unlabeled_ids=ids)
+    seen = counts[ids, None]
+    targets = np.where(seen > 0, predictions[ids] / np.where(seen > 0, 1 - momentum ** seen, 1),
+                       0.0)
+    w = 2.0 * np.exp(-5 * 0.25)  # step 5 of a 10-step sigmoid ramp-up
+    y = jax.nn.one_hot(batch.labels, C)
+    result = check("temporal_ensembling",
+                   {"weight": 2.0, "rampup_steps": 10, "momentum": momentum,
+                    "noisy_network": False}, (state, batch, jax.random.PRNGKey(7)),
+                   lambda p: jnp.mean(ce(f(p, batch.labeled_images), y))
+                   + w * jnp.mean(mse(f(p, batch.unlabeled_images), targets)))
+    new_predictions, new_counts = result.algorithm_state
+    probs = jax.nn.softmax(f(state.params, batch.unlabeled_images))
+    expected = predictions.copy()
+    expected[ids] = momentum * predictions[ids] + (1 - momentum) * probs
+    np.testing.assert_allclose(new_predictions, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(new_counts, counts + np.isin(np.arange(pool), ids))
+
+
 @pytest.mark.parametrize("ema_warmup,decay", [(True, 1 - 1 / 6), (False, 0.999)])
 def test_mean_teacher_keeps_its_ema_decay_from_the_first_step(problem, ema_warmup, decay):
     """Mean Teacher's CIFAR-10 recipe holds the EMA decay at 0.999 from the start; the
@@ -231,10 +260,21 @@ def test_l2rw_weights_all_zero_stay_zero():
     np.testing.assert_allclose(l2rw_weights(jnp.array([3.0, -2.0, 1.0])), [0.75, 0.0, 0.25])
 
 
-def test_every_registered_algorithm_has_its_reference_test_here():
-    """Adding an algorithm to the registry without a test of its loss fails here."""
-    tests = [name for name in globals() if name.startswith("test_")]
-    untested = [algorithm for algorithm in ALGORITHMS
-                if f"test_{algorithm}" not in tests
-                and not any(name.startswith(f"test_{algorithm}_and_") for name in tests)]
+def test_every_registered_algorithm_has_its_reference_test():
+    """Adding an algorithm to the registry without a test of its loss (``test_<name>`` or
+    ``test_<name>_and_...`` here or in ``tests/test_<name>.py``) fails here."""
+    import importlib.util
+
+    def tests_of(module):
+        return [name for name in vars(module) if name.startswith("test_")]
+
+    here = tests_of(importlib.import_module(__name__))
+    untested = []
+    for algorithm in ALGORITHMS:
+        tests = list(here)
+        if importlib.util.find_spec(f"tests.test_{algorithm}") is not None:
+            tests += tests_of(importlib.import_module(f"tests.test_{algorithm}"))
+        if not any(name == f"test_{algorithm}" or name.startswith(f"test_{algorithm}_and_")
+                   for name in tests):
+            untested.append(algorithm)
     assert not untested, f"no reference test for {untested}"

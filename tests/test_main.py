@@ -77,7 +77,14 @@ def test_short_run_writes_results_and_metrics(short_runs, algorithm, devices, pa
     if algorithm == "meta_semi":
         assert all(0.0 <= r["selected"] <= 1.0 for r in records)
         assert all(0.0 <= r["pseudo_label_accuracy"] <= 100.0 for r in records)
-        assert all("selected_pseudo_label_accuracy" in r for r in records)
+        # Counted over the 15 steps since the last evaluation: 96 unlabeled examples each.
+        assert all(r["pseudo_label_count"] == 15 * 96 for r in records)
+        assert all(r["selected_pseudo_label_count"] + r["rejected_pseudo_label_count"]
+                   == 15 * 96 for r in records)
+        assert all(0.0 <= r["selected_pseudo_label_accuracy"] <= 100.0 for r in records)
+        # The selection probe, on one unlabeled batch (run_files.QUICK_RUN).
+        assert all(r["probe_size"] == 96 for r in records)
+        assert all(0.0 <= r["probe_score_auroc"] <= 1.0 for r in records)
         assert all(("assumption_ratio" in r) == ratio for r in records)
         assert all(0.0 < r["assumption_ratio"] < float("inf") for r in records if ratio)
         assert "selected 0." in proc.stderr or "selected 1." in proc.stderr

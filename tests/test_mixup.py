@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from meta_semi_jax.mixup import (
+    Shuffle,
+    labeled_and_unlabeled_shuffles,
     mixup,
     mixup_labeled_and_unlabeled,
     mixup_with_shuffle,
@@ -104,7 +106,16 @@ def _labeled_and_unlabeled_inputs(n_lab: int, n_unl: int, num_classes: int, seed
             jnp.asarray(pseudo))
 
 
-_MIX_LU = jax.jit(functools.partial(mixup_labeled_and_unlabeled, beta=0.5))
+@jax.jit
+def _mixes_and_shuffles(key, x, y, u, q):
+    """``mixup_labeled_and_unlabeled`` and ``labeled_and_unlabeled_shuffles`` with the
+    same key, in one program (Beta sampling compiles slowly)."""
+    return (mixup_labeled_and_unlabeled(key, x, y, u, q, 0.5),
+            labeled_and_unlabeled_shuffles(key, x.shape[0], u.shape[0], 0.5))
+
+
+def _MIX_LU(key, x, y, u, q):
+    return _mixes_and_shuffles(key, x, y, u, q)[0]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -167,6 +178,31 @@ def test_mixup_labeled_and_unlabeled_uses_separate_lambdas_and_is_deterministic(
         if len(lx) and len(lu) and not np.isclose(lx[0], lu[0], atol=1e-4):
             differ += 1
     assert differ >= 4
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_shuffles_are_the_draws_of_the_mixes(seed):
+    """``labeled_and_unlabeled_shuffles`` gives the coefficients and partners that
+    ``mixup_labeled_and_unlabeled`` draws from the same key, and ``dominant`` names the
+    example whose weight in each mix is at least 1/2."""
+    n_lab, n_unl = 6, 10
+    x, y, u, q = _labeled_and_unlabeled_inputs(n_lab, n_unl, 5, seed)
+    mixes, shuffles = _mixes_and_shuffles(jax.random.PRNGKey(seed), x, y, u, q)
+    for mixed, shuffle in zip(mixes, shuffles, strict=True):
+        pool = mixed.inputs.shape[0]
+        codes = np.asarray(mixed.inputs).reshape(pool, -1)[:, :pool]
+        lam, eye = float(shuffle.lam), np.eye(pool)
+        np.testing.assert_allclose(codes, lam * eye + (1 - lam) * eye[np.asarray(shuffle.order)],
+                                   atol=1e-6)
+        assert np.all(codes[np.arange(pool), np.asarray(shuffle.dominant())] >= 0.5)
+
+
+def test_dominant_component_by_hand():
+    """lam >= 1/2 credits each mixed example to itself, lam < 1/2 to its partner."""
+    order = jnp.array([2, 0, 1])
+    np.testing.assert_array_equal(Shuffle(jnp.float32(0.3), order).dominant(), [2, 0, 1])
+    np.testing.assert_array_equal(Shuffle(jnp.float32(0.5), order).dominant(), [0, 1, 2])
+    np.testing.assert_array_equal(Shuffle(jnp.float32(0.9), order).dominant(), [0, 1, 2])
 
 
 # One program for every beta (an argument, not a constant): Beta sampling compiles slowly.

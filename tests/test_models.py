@@ -144,7 +144,6 @@ def test_noisy_small_cnn_adds_noise_and_dropout_in_train_mode_only():
 
 def test_noisy_cnn13_draws_from_both_random_streams():
     model = create_model("cnn13", NUM_CLASSES, noisy=True)
-    assert (model.input_noise, model.dropout_rate) == (0.15, 0.5)
     variables = abstract_variables(model, (2, 32, 32, 3))
     assert num_params(variables["params"]) == CNN13_PARAMS
     for missing in ("noise", "dropout"):
@@ -256,3 +255,15 @@ def test_create_model_rejects_unknown_name():
         create_model("resnet50", NUM_CLASSES)
     for allowed in MODELS:
         assert allowed in str(error.value)
+
+
+@pytest.mark.parametrize("name,shape,width", [("small_cnn", (2, 8, 8, 1), 64),
+                                              ("cnn13", (2, 32, 32, 3), 128),
+                                              ("wrn28_2", (2, 32, 32, 3), 128)])
+def test_every_model_sows_the_features_its_classifier_reads(name, shape, width):
+    model = create_model(name, NUM_CLASSES)
+    variables = abstract_variables(model, shape)
+    _, state = jax.eval_shape(lambda v: model.apply(
+        v, jnp.zeros(shape), train=False, mutable=["intermediates"]), variables)
+    (features,) = state["intermediates"]["features"]
+    assert features.shape == (shape[0], width)

@@ -52,10 +52,13 @@ def make_run(meta_grad: str = "jvp", algorithm: str = "meta_semi"):
     made = ALGORITHMS[algorithm].make(3, **settings)
     state = initial_state(MODEL, OPTIMIZER, jax.random.PRNGKey(1),
                           jnp.zeros((1, 8, 8, 1)))
+    if made.init_state is not None:  # a value per unlabeled pool image
+        state = state.replace(algorithm_state=made.init_state(data.unlabeled_images.shape[0]))
     # flax keeps BatchNorm statistics in float32; the float64 step returns them in
     # float64. Starting from float64 (the same zeros and ones) compiles the step once.
     state = state.replace(batch_stats=to_float64(state.batch_stats),
-                          ema_batch_stats=to_float64(state.ema_batch_stats))
+                          ema_batch_stats=to_float64(state.ema_batch_stats),
+                          algorithm_state=to_float64(state.algorithm_state))
     step = functools.partial(device_train_step, algorithm=made, ema_decay=config.ema_decay,
                              sampler=sampler_from_config(config, made.unlabeled_views))
     return state, data, step
@@ -68,7 +71,9 @@ def first_devices(count: int) -> list[jax.Device]:
 
 
 def to_float64(tree):
-    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
+    """Floating leaves in float64 (integer ones, such as counts, keep their type)."""
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64)
+                        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, tree)
 
 
 
@@ -87,7 +92,8 @@ def run_steps(mode: str, num_devices: int, num_steps: int = 3, meta_grad: str = 
 
 
 def assert_states_close(a, b, rtol=1e-9, atol=1e-11):
-    for name in ("params", "batch_stats", "ema_params", "ema_batch_stats", "opt_state"):
+    for name in ("params", "batch_stats", "ema_params", "ema_batch_stats", "opt_state",
+                 "algorithm_state"):
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol),
                      getattr(a, name), getattr(b, name))
 
@@ -128,8 +134,12 @@ def test_unrolled_meta_gradient_is_device_count_invariant_too():
 def test_every_algorithm_is_device_count_invariant(algorithm):
     one_state, one_metrics = run_steps("shard_map", 1, num_steps=2, algorithm=algorithm)
     four_state, four_metrics = run_steps("shard_map", 4, num_steps=2, algorithm=algorithm)
-    assert_states_close(four_state, one_state)
-    np.testing.assert_allclose(four_metrics[-1]["loss"], one_metrics[-1]["loss"], rtol=1e-9)
+    # VAT moves each image by a unit direction scaled to epsilon (8 on 8x8 images here):
+    # the devices' other summation order changes that direction in the last bits, which
+    # the perturbed pass amplifies to ~5e-9 after two steps (a wrong draw gives O(1)).
+    rtol, atol = (1e-7, 1e-9) if algorithm == "vat" else (1e-9, 1e-11)
+    assert_states_close(four_state, one_state, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(four_metrics[-1]["loss"], one_metrics[-1]["loss"], rtol=rtol)
 
 
 def test_sharded_meta_scores_and_weights_equal_the_concatenated_batch():

@@ -2,6 +2,7 @@
 and what the program builds from them."""
 from __future__ import annotations
 
+import jax
 import pytest
 
 from meta_semi_jax import build, config_check, data as data_lib
@@ -41,3 +42,48 @@ def test_network_noise_on_a_model_without_it_is_refused_before_compute():
     config.algorithm, config.model = "mean_teacher", "wrn28_2"
     with pytest.raises(config_check.ConfigError, match="noisy_network=True needs a model"):
         config_check.check_config(config, 1)
+
+
+@pytest.mark.slow  # two runs compiling Temporal Ensembling's programs (CI runs it)
+def test_a_resumed_temporal_ensembling_run_continues_its_ensemble_exactly(tmp_path):
+    """The ensemble predictions live in the train state, so a run resumed from a
+    checkpoint ends bitwise where the uninterrupted run ends."""
+    import shutil
+
+    import numpy as np
+
+    from meta_semi_jax import checkpoint, train
+
+    def config():
+        c = load_config("digits", "50")
+        c.algorithm, c.num_train_steps = "temporal_ensembling", 12
+        c.eval_every_steps = c.checkpoint_every_steps = c.log_every_steps = 6
+        c.temporal_ensembling.rampup_steps = 0  # the ensemble's targets count from step 1
+        return c
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train.train_and_evaluate(config(), str(whole))
+    shutil.copytree(whole, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "12")
+    train.train_and_evaluate(config(), str(resumed))
+
+    def final_state(workdir):
+        manager = checkpoint.open_manager(str(workdir), 2)
+        restored = manager.restore(12, args=checkpoint.ocp.args.Composite(
+            state=checkpoint.ocp.args.StandardRestore()))
+        manager.close()
+        return restored.state
+
+    a, b = final_state(whole), final_state(resumed)
+    # Every unlabeled image drawn was counted (restored without a target: a dict).
+    assert np.asarray(a["algorithm_state"]["counts"]).sum() == 12 * 96
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_sntg_takes_mean_teachers_recipe_and_follows_its_overrides():
+    config = load_config("cifar10", "1000")
+    config.num_labels = 4000
+    assert config.sntg.weight == config.mean_teacher.weight == pytest.approx(
+        100.0 * 4000 / (50_000 - config.num_validation))
+    assert (config.sntg.graph_weight, config.sntg.margin) == (0.4, 1.0)

@@ -167,16 +167,34 @@ def test_ict_evaluates_its_ema_model_with_statistics_of_clean_images():
 
 def test_pseudo_label_diagnostics_by_hand():
     """W = Concat(X, U) with 2 labeled and 3 unlabeled examples; U's pseudo labels predict
-    classes 0, 1, 2 and the hidden labels are 0, 2, unknown: one right, one wrong."""
+    classes 0, 1, 2 and the hidden labels are 0, 2, unknown: one right, one wrong. Each
+    example of U~ counts for the example of W it is dominated by (``sources``)."""
     from meta_semi_jax.algorithms.common import pseudo_label_diagnostics
+    from meta_semi_jax.selection import accuracies
 
     pseudo = jax.nn.one_hot(jnp.array([0, 1, 2]), 3)
     hidden = jnp.array([0, 2, -1])
-    # U~_j is built on W_j: positions 2, 3, 4 are U's examples 0, 1, 2.
-    both = pseudo_label_diagnostics(pseudo, hidden, 2, jnp.array([1., 0., 1., 1., 0.]), None)
-    assert float(both["pseudo_label_accuracy"]) == pytest.approx(50.0)
-    assert float(both["selected_pseudo_label_accuracy"]) == pytest.approx(50.0)
-    assert np.isnan(float(both["rejected_pseudo_label_accuracy"]))  # only X and unknown
-    split = pseudo_label_diagnostics(pseudo, hidden, 2, jnp.array([0., 0., 1., 0., 1.]), None)
-    assert float(split["selected_pseudo_label_accuracy"]) == pytest.approx(100.0)
-    assert float(split["rejected_pseudo_label_accuracy"]) == pytest.approx(0.0)
+
+    def diagnostics(sources, selected):
+        counts = pseudo_label_diagnostics(pseudo, hidden, jnp.array(sources),
+                                          jnp.array(selected), None)
+        return accuracies({k: int(v) for k, v in counts.items()})
+
+    # lam >= 1/2: U~_j is credited to W_j; positions 2, 3, 4 are U's examples 0, 1, 2.
+    identity = [0, 1, 2, 3, 4]
+    both = diagnostics(identity, [1., 0., 1., 1., 0.])
+    assert both["pseudo_label_accuracy"] == pytest.approx(50.0)
+    assert both["pseudo_label_count"] == 2
+    assert both["selected_pseudo_label_accuracy"] == pytest.approx(50.0)
+    assert both["selected_pseudo_label_count"] == 2
+    assert both["rejected_pseudo_label_accuracy"] is None  # only X and unknown
+    assert both["rejected_pseudo_label_count"] == 0
+    split = diagnostics(identity, [0., 0., 1., 0., 1.])
+    assert split["selected_pseudo_label_accuracy"] == pytest.approx(100.0)
+    assert split["rejected_pseudo_label_accuracy"] == pytest.approx(0.0)
+    # lam < 1/2: U~_j is credited to its partner W_order[j]. U~_0 (selected) is mostly
+    # U's example 1 (wrong), U~_3 (rejected) mostly U's example 0 (right).
+    partners = diagnostics([3, 4, 1, 2, 0], [1., 0., 1., 0., 1.])
+    assert partners["selected_pseudo_label_accuracy"] == pytest.approx(0.0)
+    assert partners["rejected_pseudo_label_accuracy"] == pytest.approx(100.0)
+    assert partners["selected_pseudo_label_count"] == partners["rejected_pseudo_label_count"] == 1

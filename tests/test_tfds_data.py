@@ -129,6 +129,7 @@ def short_run_config(tmp_path):
     config.labeled_batch_size, config.unlabeled_batch_size = 16, 48
     config.num_train_steps, config.eval_every_steps, config.log_every_steps = 4, 2, 2
     config.eval_batch_size = 100
+    config.selection_probe_size = 0  # a diagnostic with a program of its own
     return config
 
 

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 class ConvBatchNormNet(nn.Module):
     """Conv 3x3 -> BatchNorm (batch statistics in train mode, synchronised over
-    ``axis_name``) -> ``activation`` -> global mean pool -> Dense, all in ``dtype``."""
+    ``axis_name``) -> ``activation`` -> global mean pool (sown as the features) -> Dense,
+    all in ``dtype``."""
     num_classes: int
     features: int = 4
     dtype: Any = jnp.float32
@@ -26,4 +27,5 @@ class ConvBatchNormNet(nn.Module):
         x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name,
                          param_dtype=self.dtype, dtype=self.dtype)(x)
         x = jnp.mean(self.activation(x), axis=(1, 2))
+        self.sow("intermediates", "features", x)  # as the real models (SNTG reads it)
         return nn.Dense(self.num_classes, param_dtype=self.dtype, dtype=self.dtype)(x)

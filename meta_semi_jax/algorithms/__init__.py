@@ -23,8 +23,11 @@ from meta_semi_jax.algorithms import (
     meta_semi_ict,
     mixmatch,
     pi_model,
+    sntg,
     supervised,
     supervised_mixup,
+    temporal_ensembling,
+    vat,
 )
 from meta_semi_jax.algorithms.common import Algorithm, GradientFn, Gradients, SSLBatch
 
@@ -42,7 +45,10 @@ ALGORITHMS: dict[str, Entry] = {
     "supervised": Entry(supervised.make),
     "supervised_mixup": Entry(supervised_mixup.make),
     "pi_model": Entry(pi_model.make),
+    "temporal_ensembling": Entry(temporal_ensembling.make),
     "mean_teacher": Entry(mean_teacher.make, ("teacher_bn_mode",)),
+    "vat": Entry(vat.make),
+    "sntg": Entry(sntg.make, ("teacher_bn_mode",)),
     "ict": Entry(ict.make, ("teacher_bn_mode",)),
     "mixmatch": Entry(mixmatch.make),
     # Learning to Reweight brings its own weights.

@@ -22,17 +22,23 @@ class Gradients(NamedTuple):
     after the training forward pass, and scalar metrics already averaged over devices.
     ``ema_batch_stats``: the EMA teacher's running statistics after its own passes over
     the step's clean images (``Teacher``), for algorithms that run one; None leaves the
-    evaluated EMA model with the EMA of the student's statistics."""
+    evaluated EMA model with the EMA of the student's statistics. ``algorithm_state``:
+    the new ``TrainState.algorithm_state`` (None: unchanged)."""
     grads: Any
     batch_stats: Any
     metrics: dict[str, jax.Array]
     ema_batch_stats: Any = None
+    algorithm_state: Any = None
 
 
 # (state, batch, key, axis_name) -> Gradients; ``key`` is equal on every device.
 GradientFn = Callable[[TrainState, SSLBatch, jax.Array, "str | None"], Gradients]
 # (state, batch, key, axis_name) -> (||grad L_meta||^2, grad G(X~)): Assumption 1's sides.
 AssumptionTerms = Callable[[TrainState, SSLBatch, jax.Array, "str | None"], tuple[jax.Array, Any]]
+# (state, batch, axis_name) -> (Eq. 10's scores of U's examples with nothing mixed, the EMA
+# teacher's probabilities on U, the model's), over the global U: ``[B_u]``, ``[B_u, K]``.
+UnmixedScores = Callable[[TrainState, SSLBatch, "str | None"],
+                         tuple[jax.Array, jax.Array, jax.Array]]
 
 
 class Algorithm(NamedTuple):
@@ -49,12 +55,20 @@ class Algorithm(NamedTuple):
     passes then draw from ``network_rngs``.
     ema_warmup: the EMA's decay ramps up as ``ema.ema_decay_at`` (ICT's, Meta-Semi's);
     False keeps it at its maximum from the first step (Mean Teacher's CIFAR-10 recipe).
+    init_state: ``pool_size -> the initial TrainState.algorithm_state`` for algorithms
+    that keep values per unlabeled example (they read ``SSLBatch.unlabeled_ids`` and
+    return the new state in ``Gradients.algorithm_state``); None for the others.
+    unmixed_scores: the meta scores of a batch's unlabeled examples against its labeled
+    batch with nothing mixed, for the selection diagnostics (``selection.py``); None for
+    the methods without meta scores.
     """
     gradients: GradientFn
     unlabeled_views: int = 1
     assumption_terms: AssumptionTerms | None = None
     noisy_network: bool = False
     ema_warmup: bool = True
+    init_state: Callable[[int], Any] | None = None
+    unmixed_scores: UnmixedScores | None = None
 
 
 def pmean_if(tree: Any, axis_name: str | None) -> Any:
@@ -118,15 +132,17 @@ def ramped_weight(state: TrainState, weight: float, rampup_steps: int, ramp: str
 
 def gradients_of(objective: Callable[[Any], tuple[jax.Array, Any]], state: TrainState,
                  metrics: Callable[[Any], dict[str, jax.Array]],
-                 axis_name: str | None, ema_batch_stats: Any = None) -> Gradients:
+                 axis_name: str | None, ema_batch_stats: Any = None,
+                 algorithm_state: Callable[[Any], Any] | None = None) -> Gradients:
     """Global gradients of ``objective(params) -> (device share of the loss, (batch_stats,
     aux))``; ``metrics(aux)`` adds scalars to the global ``loss``; ``ema_batch_stats``
-    as ``Gradients``'."""
+    as ``Gradients``'; ``algorithm_state(aux)`` gives the new algorithm state."""
     (loss, (batch_stats, aux)), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params)
     return Gradients(psum_if(grads, axis_name), pmean_if(batch_stats, axis_name),
                      {"loss": psum_if(loss, axis_name), **metrics(aux)},
-                     pmean_if(ema_batch_stats, axis_name))
+                     pmean_if(ema_batch_stats, axis_name),
+                     None if algorithm_state is None else algorithm_state(aux))
 
 
 def per_example_losses_and_stats(state: TrainState, float32: bool = False
@@ -157,36 +173,47 @@ def per_example_loss_fn(state: TrainState, float32: bool = False
     return lambda params, batch: losses_and_stats(params, batch)[0]
 
 
-def pseudo_label_diagnostics(pseudo: jax.Array, hidden_labels: jax.Array,
-                             num_labeled: int, weights: jax.Array,
-                             axis_name: str | None) -> dict[str, jax.Array]:
-    """Accuracy (%) of the EMA pseudo labels on all unlabeled examples with a known label,
-    and on the examples of U~ that Eq. (9) selected / rejected.
+# Metrics whose name starts with this are int32 counts that the training loop sums over
+# the steps between two evaluations (``selection.SelectionCounts``).
+COUNT_PREFIX = "count/"
 
-    Example j of U~ = MixUp(W, Shuffle(W)) is built on W_j (weight lambda); it counts as
-    selected or rejected with the correctness of W_j's pseudo label when W_j is an
-    unlabeled example with a known label. For analysis only: nothing here reaches a loss.
+
+def pseudo_label_diagnostics(pseudo: jax.Array, hidden_labels: jax.Array,
+                             sources: jax.Array, selected: jax.Array,
+                             axis_name: str | None) -> dict[str, jax.Array]:
+    """Counts behind the accuracy of the EMA pseudo labels on all unlabeled examples
+    with a known label, and on the examples of U~ that Eq. (9) selected / rejected:
+    ``count/<name>_correct`` and ``count/<name>_known`` for ``<name>`` in
+    ``pseudo_label``, ``selected_pseudo_label``, ``rejected_pseudo_label``, global
+    (summed over the devices of ``axis_name``) int32 scalars.
+
+    ``pseudo`` ``[B_u]``: U's targets; ``hidden_labels`` ``[B_u]``: their true classes
+    (-1 where unknown). ``sources`` ``[B_w]``: for each of this device's examples of
+    ``U~ = MixUp(W, Shuffle(W))`` the index in the global ``W = Concat(X, U)`` of its
+    dominant component (``mixup.Shuffle.dominant``); the example counts as selected
+    (``selected > 0``) or rejected with the correctness of that component's pseudo label
+    when it is an unlabeled example with a known label. With one coefficient per batch
+    that credits every example of W exactly once. For analysis only: nothing here
+    reaches a loss.
     """
-    known = (hidden_labels >= 0).astype(jnp.float32)
-    correct = (jnp.argmax(pseudo, -1) == hidden_labels).astype(jnp.float32) * known
+    known = hidden_labels >= 0
+    correct = (jnp.argmax(pseudo, -1) == hidden_labels) & known
     # Per example of the global W = Concat(X, U); labeled examples are not counted.
     global_correct, global_known = gather_global((correct, known), axis_name)
-    pad = jnp.zeros(num_labeled * axis_size(axis_name), jnp.float32)
-    base_correct, base_known = local_shard(
-        (jnp.concatenate([pad, global_correct]), jnp.concatenate([pad, global_known])),
-        axis_name)
+    pad = jnp.zeros(sources.shape[0] * axis_size(axis_name) - global_known.shape[0], bool)
+    source_correct = jnp.concatenate([pad, global_correct])[sources]
+    source_known = jnp.concatenate([pad, global_known])[sources]
 
-    def accuracy(mask: jax.Array) -> jax.Array:
-        hits = psum_if(jnp.sum(base_correct * mask), axis_name)
-        count = psum_if(jnp.sum(base_known * mask), axis_name)
-        return jnp.where(count > 0, 100.0 * hits / jnp.maximum(count, 1.0), jnp.nan)
+    def count(mask: jax.Array) -> jax.Array:
+        return psum_if(jnp.sum(mask, dtype=jnp.int32), axis_name)
 
-    all_hits = psum_if(jnp.sum(correct), axis_name)
-    all_count = psum_if(jnp.sum(known), axis_name)
-    return {"pseudo_label_accuracy": jnp.where(
-                all_count > 0, 100.0 * all_hits / jnp.maximum(all_count, 1.0), jnp.nan),
-            "selected_pseudo_label_accuracy": accuracy(weights),
-            "rejected_pseudo_label_accuracy": accuracy(1.0 - weights)}
+    is_selected = selected > 0
+    return {f"{COUNT_PREFIX}pseudo_label_correct": count(correct),
+            f"{COUNT_PREFIX}pseudo_label_known": count(known),
+            f"{COUNT_PREFIX}selected_pseudo_label_correct": count(source_correct & is_selected),
+            f"{COUNT_PREFIX}selected_pseudo_label_known": count(source_known & is_selected),
+            f"{COUNT_PREFIX}rejected_pseudo_label_correct": count(source_correct & ~is_selected),
+            f"{COUNT_PREFIX}rejected_pseudo_label_known": count(source_known & ~is_selected)}
 
 
 def teacher_logits(state: TrainState, images: jax.Array, teacher_bn_mode: str,
@@ -253,7 +280,9 @@ def labeled_and_consistency_gradients(state: TrainState, labeled_images: jax.Arr
                                       consistency_targets: ConsistencyTargets,
                                       weight: jax.Array, axis_name: str | None,
                                       rng: jax.Array | None = None,
-                                      ema_batch_stats: Any = None) -> Gradients:
+                                      ema_batch_stats: Any = None,
+                                      algorithm_state: Callable[[jax.Array], Any] | None = None
+                                      ) -> Gradients:
     """Gradients of ``mean CE(f(x), y) + weight * mean softmax_mse(f(u), t)``, the loss
     shape of the Pi-model, Mean Teacher and MixMatch.
 
@@ -262,7 +291,8 @@ def labeled_and_consistency_gradients(state: TrainState, labeled_images: jax.Arr
     forward passes, continuing the BatchNorm statistics). Both means are over the global
     batch. Metrics: ``labeled_loss``, ``consistency_loss`` and ``consistency_weight``.
     ``rng`` draws a noisy network's noise in the first pass; ``ema_batch_stats`` as
-    ``Gradients``'.
+    ``Gradients``'; ``algorithm_state(probabilities of the unlabeled images, without
+    gradient)`` gives the new algorithm state.
     """
     num_labeled = labeled_images.shape[0]
 
@@ -273,12 +303,21 @@ def labeled_and_consistency_gradients(state: TrainState, labeled_images: jax.Arr
                                  axis_name)
         targets, batch_stats = consistency_targets(params, batch_stats)
         consistency = global_mean(softmax_mse(logits[num_labeled:], targets), axis_name)
-        return supervised + weight * consistency, (batch_stats, (supervised, consistency))
+        return supervised + weight * consistency, (
+            batch_stats, (supervised, consistency, logits[num_labeled:]))
 
     def metrics(aux):
-        supervised, consistency = aux
+        supervised, consistency, _ = aux
         return {"labeled_loss": psum_if(supervised, axis_name),
                 "consistency_loss": psum_if(consistency, axis_name),
                 "consistency_weight": weight}
 
-    return gradients_of(objective, state, metrics, axis_name, ema_batch_stats)
+    new_algorithm_state = None
+    if algorithm_state is not None:
+        update = algorithm_state
+
+        def new_algorithm_state(aux):
+            return update(lax.stop_gradient(jax.nn.softmax(aux[2])))
+
+    return gradients_of(objective, state, metrics, axis_name, ema_batch_stats,
+                        new_algorithm_state)

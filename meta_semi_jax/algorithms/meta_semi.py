@@ -30,6 +30,9 @@ from meta_semi_jax.algorithms.common import (
     Gradients,
     SSLBatch,
     Teacher,
+    UnmixedScores,
+    at_least_float32,
+    forward_train,
     per_example_loss_fn,
     per_example_losses_and_stats,
     pmean_if,
@@ -39,13 +42,19 @@ from meta_semi_jax.algorithms.common import (
 )
 from meta_semi_jax.meta import (
     MetaGradMethod,
+    Scored,
     labeled_gradient,
     loss_coefficients,
     meta_weights,
     score_unlabeled,
 )
-from meta_semi_jax.mixup import Mixed, mixup_labeled_and_unlabeled
-from meta_semi_jax.parallel import gather_global, local_shard
+from meta_semi_jax.mixup import (
+    Mixed,
+    Shuffle,
+    labeled_and_unlabeled_shuffles,
+    mix_labeled_and_unlabeled,
+)
+from meta_semi_jax.parallel import axis_size, gather_global, local_shard
 from meta_semi_jax.state import TrainState
 
 PSEUDO_LABELS: tuple[str, ...] = ("soft", "one_hot")
@@ -103,7 +112,7 @@ def reweighting(settings: Settings, weight_rule: WeightRule,
     def step_gradients(state: TrainState, batch: SSLBatch, key: jax.Array,
                        axis_name: str | None = None) -> Gradients:
         return gradients(state, batch, key, settings, weight_rule, axis_name, extra_loss)
-    return Algorithm(step_gradients)
+    return Algorithm(step_gradients, unmixed_scores=teacher_and_unmixed_scores(settings))
 
 
 def teacher(state: TrainState, batch: SSLBatch, settings: Settings) -> Teacher:
@@ -122,6 +131,17 @@ def pseudo_targets(teacher_logits: jax.Array, settings: Settings) -> jax.Array:
     return soft
 
 
+def shuffles(batch: SSLBatch, key: jax.Array, settings: Settings,
+             axis_name: str | None = None) -> tuple[Shuffle, Shuffle]:
+    """The coefficients and partners of X~ and U~ (Eqs. 12-13) over the global batch,
+    as ``mixed_batches`` draws them from ``key``."""
+    devices = axis_size(axis_name)
+    return labeled_and_unlabeled_shuffles(
+        key, batch.labels.shape[0] * devices, batch.unlabeled_images.shape[0] * devices,
+        settings.beta, mix_labeled=settings.mixup in ("both", "labeled"),
+        mix_unlabeled=settings.mixup in ("both", "unlabeled"))
+
+
 def mixed_batches(batch: SSLBatch, key: jax.Array, settings: Settings, targets_u: jax.Array,
                   axis_name: str | None = None) -> tuple[Mixed, Mixed]:
     """This device's X~ and U~ (Eqs. 12-13), U carrying its pseudo labels ``targets_u``
@@ -133,10 +153,60 @@ def mixed_batches(batch: SSLBatch, key: jax.Array, settings: Settings, targets_u
     one_hot = jax.nn.one_hot(batch.labels, settings.num_classes)
     global_inputs: tuple[jax.Array, jax.Array, jax.Array, jax.Array] = gather_global(
         (batch.labeled_images, one_hot, batch.unlabeled_images, targets_u), axis_name)
-    mixed_x, mixed_u = local_shard(mixup_labeled_and_unlabeled(
-        key, *global_inputs, settings.beta, mix_labeled=settings.mixup in ("both", "labeled"),
-        mix_unlabeled=settings.mixup in ("both", "unlabeled")), axis_name)
+    mixed_x, mixed_u = local_shard(mix_labeled_and_unlabeled(
+        shuffles(batch, key, settings, axis_name), *global_inputs), axis_name)
     return mixed_x, mixed_u
+
+
+def scored_mix(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Settings,
+               targets_u: jax.Array, axis_name: str | None = None) -> tuple[jax.Array, Scored]:
+    """Steps 2-3: X~ and U~ of ``mixed_batches`` and Eq. (10)'s scores of U~ against
+    X~'s ``g_X`` (``labeled_direction``), with U~'s losses and their pullback
+    (``meta.score_unlabeled``). Returns this device's sum of X~'s losses and the
+    ``Scored`` of its share of U~."""
+    mixed_x, mixed_u = mixed_batches(batch, key, settings, targets_u, axis_name)
+    labeled_sum, g_x = labeled_direction(state, mixed_x, axis_name)
+    return labeled_sum, score_unlabeled(
+        settings.meta_grad, per_example_losses_and_stats(state), state.params, tuple(mixed_x),
+        tuple(mixed_u), g_x, axis_name=axis_name)
+
+
+def unmixed_scores(state: TrainState, batch: SSLBatch, settings: Settings,
+                   targets_u: jax.Array, axis_name: str | None = None) -> jax.Array:
+    """Eq. (10)'s scores of U's examples, carrying ``targets_u``, with nothing mixed
+    (lambda = 1 in Eqs. 12-13: ``X~ = X``, ``U~ = W = Concat(X, U)``, as
+    ``mixup='none'``): the global ``[B_u]`` vector, U's part of W's scores."""
+    unmixed = dataclasses.replace(settings, mixup="none")
+    _, scored = scored_mix(state, batch, jax.random.PRNGKey(0), unmixed, targets_u, axis_name)
+    num_labeled = batch.labels.shape[0] * axis_size(axis_name)
+    return gather_global(scored.scores, axis_name)[num_labeled:]
+
+
+def student_probabilities(state: TrainState, batch: SSLBatch,
+                          axis_name: str | None = None) -> jax.Array:
+    """The model's train-mode predictions on U, ``[B_u, K]`` over the global U, from a
+    forward pass over ``W = Concat(X, U)`` split over the devices as ``unmixed_scores``
+    splits it (so with the same BatchNorm statistics)."""
+    w = local_shard(jnp.concatenate(gather_global(
+        (batch.labeled_images, batch.unlabeled_images), axis_name)), axis_name)
+    logits, _ = forward_train(state, state.params, w)
+    num_labeled = batch.labels.shape[0] * axis_size(axis_name)
+    return gather_global(jax.nn.softmax(at_least_float32(logits)), axis_name)[num_labeled:]
+
+
+def teacher_and_unmixed_scores(settings: Settings) -> UnmixedScores:
+    """The ``Algorithm.unmixed_scores`` of the methods built on Meta-Semi's steps:
+    ``unmixed_scores`` with the EMA teacher's pseudo labels (``teacher``,
+    ``pseudo_targets``) as U's targets, the teacher's probabilities and the model's
+    (``student_probabilities``)."""
+    def scores_and_probabilities(state: TrainState, batch: SSLBatch, axis_name: str | None = None
+                                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        logits = teacher(state, batch, settings).logits
+        scores = unmixed_scores(state, batch, settings, pseudo_targets(logits, settings),
+                                axis_name)
+        return (scores, gather_global(jax.nn.softmax(logits), axis_name),
+                student_probabilities(state, batch, axis_name))
+    return scores_and_probabilities
 
 
 def assumption_terms(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Settings,
@@ -177,15 +247,13 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Sett
 
     Metrics: ``loss`` (the global objective), ``selected`` (share of U~ with a positive
     weight), ``labeled_loss`` (mean loss on X~), ``mean_score``, and with
-    ``batch.hidden_labels`` the pseudo-label accuracies of ``pseudo_label_diagnostics``.
+    ``batch.hidden_labels`` the counts of ``pseudo_label_diagnostics`` (``count/...``),
+    each example of U~ credited to its dominant component, which the training loop
+    sums between evaluations.
     """
     clean = teacher(state, batch, settings)
     targets_u = pseudo_targets(clean.logits, settings)
-    mixed_x, mixed_u = mixed_batches(batch, key, settings, targets_u, axis_name)
-    labeled_sum, g_x = labeled_direction(state, mixed_x, axis_name)
-    scored = score_unlabeled(settings.meta_grad, per_example_losses_and_stats(state),
-                             state.params, tuple(mixed_x), tuple(mixed_u), g_x,
-                             axis_name=axis_name)
+    labeled_sum, scored = scored_mix(state, batch, key, settings, targets_u, axis_name)
     scores, batch_stats = scored.scores, scored.aux
     coefficients = loss_coefficients(weight_rule(scores, axis_name), axis_name)
     loss, grads = jnp.sum(coefficients * scored.losses), scored.pullback(coefficients)
@@ -201,8 +269,9 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Sett
                "labeled_loss": pmean_if(labeled_sum / batch.labels.shape[0], axis_name),
                "mean_score": pmean_if(jnp.mean(scores), axis_name)}
     if batch.hidden_labels is not None:
+        dominant = local_shard(shuffles(batch, key, settings, axis_name)[1].dominant(),
+                               axis_name)
         metrics.update(pseudo_label_diagnostics(
-            lax.stop_gradient(targets_u), batch.hidden_labels, batch.labels.shape[0],
-            selected, axis_name))
+            lax.stop_gradient(targets_u), batch.hidden_labels, dominant, selected, axis_name))
     return Gradients(psum_if(grads, axis_name), pmean_if(batch_stats, axis_name), metrics,
                      pmean_if(clean.batch_stats, axis_name))

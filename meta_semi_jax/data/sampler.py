@@ -94,14 +94,18 @@ def sample_batch(data: DeviceData, key: jax.Array, step: int | jax.Array, spec: 
     k_lab, k_unl, k_aug_lab, k_aug_unl = batch_keys(key)
     lab_idx = local_shard(epoch_shuffled_indices(
         k_lab, step, spec.labeled_batch_size, data.labeled_images.shape[0]), axis_name)
+    # unl_idx: rows of data.unlabeled_images; pool_ids: the same images in the global pool.
+    pool_ids: jax.Array | None
     if spec.unlabeled_placement == "host":
-        unl_idx = jnp.arange(data.unlabeled_images.shape[0])
+        unl_idx, pool_ids = jnp.arange(data.unlabeled_images.shape[0]), None
     elif spec.unlabeled_placement == "sharded":
+        shard_size = data.unlabeled_images.shape[0]
         unl_idx = epoch_shuffled_indices(
             jax.random.fold_in(k_unl, axis_index(axis_name)), step,
-            spec.unlabeled_batch_size // axis_size(axis_name), data.unlabeled_images.shape[0])
+            spec.unlabeled_batch_size // axis_size(axis_name), shard_size)
+        pool_ids = axis_index(axis_name) * shard_size + unl_idx
     else:
-        unl_idx = local_shard(unlabeled_indices(
+        unl_idx = pool_ids = local_shard(unlabeled_indices(
             key, step, spec.unlabeled_batch_size, data.unlabeled_images.shape[0]), axis_name)
 
     def prepare(images: jax.Array, aug_key: jax.Array) -> jax.Array:
@@ -119,4 +123,5 @@ def sample_batch(data: DeviceData, key: jax.Array, step: int | jax.Array, spec: 
     return SSLBatch(labeled_images=prepare(data.labeled_images[lab_idx], k_aug_lab),
                     labels=data.labeled_labels[lab_idx],
                     unlabeled_images=prepare(unlabeled, k_aug_unl),
-                    hidden_labels=hidden, extra_unlabeled_views=extra_views)
+                    hidden_labels=hidden, extra_unlabeled_views=extra_views,
+                    unlabeled_ids=pool_ids)

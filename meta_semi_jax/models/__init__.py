@@ -2,7 +2,9 @@
 small CNN for 8x8 digits.
 
 Every model is a flax module called as ``model.apply(variables, x, train=...)`` on NHWC
-float images, with a ``batch_stats`` collection that ``train=True`` updates.
+float images, with a ``batch_stats`` collection that ``train=True`` updates. Each sows
+the features its classifier reads (after global average pooling) as
+``intermediates/features``, returned when ``mutable`` includes ``"intermediates"``.
 """
 from __future__ import annotations
 

@@ -88,6 +88,7 @@ class CNN13(nn.Module):
         x = conv(256, 1, "VALID", "conv3b")(x, train)
         x = conv(128, 1, "VALID", "conv3c")(x, train)
         x = jnp.mean(x, axis=(1, 2))
+        self.sow("intermediates", "features", x)  # read by feature-based losses (SNTG)
         x = nn.WeightNorm(nn.Dense(self.num_classes, dtype=self.dtype, name="fc"),
                           name="fc_weight_norm")(x)
         return x.astype(jnp.float32)

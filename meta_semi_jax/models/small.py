@@ -54,4 +54,5 @@ class SmallCNN(nn.Module):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = conv_bn_act(x, 2 * self.width)
         x = jnp.mean(x, axis=(1, 2))
+        self.sow("intermediates", "features", x)  # read by feature-based losses (SNTG)
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

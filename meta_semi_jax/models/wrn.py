@@ -100,6 +100,7 @@ class WideResNet(nn.Module):
         x = nn.BatchNorm(use_running_average=not train, momentum=0.999, epsilon=1e-3,
                          axis_name=self.axis_name, dtype=self.dtype, name="head_bn")(x)
         x = jnp.mean(nn.leaky_relu(x, LEAKY_SLOPE), axis=(1, 2))
+        self.sow("intermediates", "features", x)  # read by feature-based losses (SNTG)
         x = nn.Dense(self.num_classes, kernel_init=nn.initializers.glorot_normal(),
                      dtype=self.dtype, name="fc")(x)
         return x.astype(jnp.float32)
