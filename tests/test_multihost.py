@@ -61,10 +61,15 @@ def test_two_processes_equal_one_process_with_all_devices(tmp_path, placement):
     assert unlabeled_bytes(log) == 4 * per_device
     assert [unlabeled_bytes(e) for e in errors] == [2 * per_device] * 2
     assert results_without_time(two) == results_without_time(one)
-    # Cross-process collectives sum in another order: equal up to float32 rounding.
+    # Cross-process collectives sum in another order: equal up to float32 rounding. The
+    # selection probe's AUROCs are rank statistics of float32 scores, where that rounding
+    # can swap two near-equal scores: a pair of ~1,000 examples moves them by < 1e-3.
     for a, b in zip(records_without_time(two), records_without_time(one), strict=True):
         assert a.keys() == b.keys()
-        np.testing.assert_allclose([a[k] for k in a], [b[k] for k in b], rtol=1e-5)
+        ranked = [k for k in a if k.startswith("probe_") and "auroc" in k]
+        np.testing.assert_allclose([a[k] for k in a if k not in ranked],
+                                   [b[k] for k in b if k not in ranked], rtol=1e-5)
+        np.testing.assert_allclose([a[k] for k in ranked], [b[k] for k in ranked], atol=1e-3)
     params_two, params_one = final_params(two), final_params(one)
     assert params_two.keys() == params_one.keys()
     for key in params_one:

@@ -134,10 +134,12 @@ def test_unrolled_meta_gradient_is_device_count_invariant_too():
 def test_every_algorithm_is_device_count_invariant(algorithm):
     one_state, one_metrics = run_steps("shard_map", 1, num_steps=2, algorithm=algorithm)
     four_state, four_metrics = run_steps("shard_map", 4, num_steps=2, algorithm=algorithm)
-    # VAT moves each image by a unit direction scaled to epsilon (8 on 8x8 images here):
-    # the devices' other summation order changes that direction in the last bits, which
-    # the perturbed pass amplifies to ~5e-9 after two steps (a wrong draw gives O(1)).
-    rtol, atol = (1e-7, 1e-9) if algorithm == "vat" else (1e-9, 1e-11)
+    # The devices' other summation order changes the last bits, which two algorithms carry
+    # further: VAT moves each image by a unit direction scaled to epsilon (8 on 8x8 images
+    # here), ~5e-9 after two steps, and MixMatch's label guesses are computed in float32
+    # (guessed_labels), where one layout can round up what the other rounds down, up to
+    # ~3e-7. A draw that depended on the device count gives O(1) differences.
+    rtol, atol = {"vat": (1e-7, 1e-9), "mixmatch": (1e-6, 1e-8)}.get(algorithm, (1e-9, 1e-11))
     assert_states_close(four_state, one_state, rtol=rtol, atol=atol)
     np.testing.assert_allclose(four_metrics[-1]["loss"], one_metrics[-1]["loss"], rtol=rtol)
 

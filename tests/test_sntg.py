@@ -228,6 +228,8 @@ def device_problem():
     return state, batch
 
 
+# Two programs of its own (1 and 4 devices), as test_parallel's per-algorithm check: slow.
+@pytest.mark.slow
 @in_float64
 def test_sntg_is_independent_of_the_device_count():
     """Four devices with synchronised BatchNorm give one device's gradients, statistics

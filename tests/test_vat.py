@@ -150,6 +150,8 @@ def test_vat_updates_batch_norm_statistics_in_the_labeled_pass_only():
         assert not np.allclose(before["BatchNorm_0"]["mean"], after["BatchNorm_0"]["mean"])
 
 
+# Two programs of its own (1 and 4 devices), as test_parallel's per-algorithm check: slow.
+@pytest.mark.slow
 @in_float64
 def test_vat_is_independent_of_the_device_count():
     """Four devices with synchronised BatchNorm give one device's gradients, statistics
