@@ -221,12 +221,12 @@ def teacher_logits(state: TrainState, images: jax.Array, teacher_bn_mode: str,
     """``f(u; theta_ema)``, the EMA teacher's logits, without gradient and at least in
     float32 (so that low-precision logits give well-formed probabilities). In train
     mode ``rng`` draws a noisy network's noise (Mean Teacher's teacher has its own)."""
-    variables = model_variables(state.ema_params, state.ema_batch_stats)
     if teacher_bn_mode == "train":
-        logits, _ = state.apply_fn(variables, images, train=True, mutable=["batch_stats"],
-                                   rngs=network_rngs(rng))
+        logits, _ = forward_train(state, state.ema_params, images, state.ema_batch_stats,
+                                  rng)
     else:
-        logits = state.apply_fn(variables, images, train=False)
+        logits = state.apply_fn(model_variables(state.ema_params, state.ema_batch_stats),
+                                images, train=False)
     return lax.stop_gradient(at_least_float32(logits))
 
 
@@ -246,17 +246,14 @@ def teacher_on_clean_images(state: TrainState, unlabeled_images: jax.Array,
     from clean images keep the variance the test images have, which mixed images, with
     their smaller activation variance, would not. ``rng`` draws a noisy network's noise.
     """
-    variables = model_variables(state.ema_params, state.ema_batch_stats)
     k_u, k_x = (None, None) if rng is None else jax.random.split(rng)
-    logits, updates = state.apply_fn(variables, unlabeled_images, train=True,
-                                     mutable=["batch_stats"], rngs=network_rngs(k_u))
-    stats = updates.get("batch_stats", state.ema_batch_stats)
-    _, updates = state.apply_fn(model_variables(state.ema_params, stats), labeled_images,
-                                train=True, mutable=["batch_stats"], rngs=network_rngs(k_x))
+    logits, stats = forward_train(state, state.ema_params, unlabeled_images,
+                                  state.ema_batch_stats, k_u)
+    _, stats = forward_train(state, state.ema_params, labeled_images, stats, k_x)
     if teacher_bn_mode != "train":
-        logits = state.apply_fn(variables, unlabeled_images, train=False)
-    return Teacher(lax.stop_gradient(at_least_float32(logits)),
-                   lax.stop_gradient(updates.get("batch_stats", stats)))
+        return Teacher(teacher_logits(state, unlabeled_images, teacher_bn_mode),
+                       lax.stop_gradient(stats))
+    return Teacher(lax.stop_gradient(at_least_float32(logits)), lax.stop_gradient(stats))
 
 
 def at_least_float32(logits: jax.Array) -> jax.Array:
