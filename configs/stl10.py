@@ -9,8 +9,9 @@ unlabeled: the remaining 3,500 training images and the 100,000 unlabeled images.
 MixMatch's recipe except the batch (``config_base.mixmatch_recipe_config``), with a
 reflect-padded 12-px translation (MixMatch's for 96x96) and MixMatch's lambda_u = 50.
 Paper's test error: Meta-Semi 8.03 ± 0.24 %, MixMatch 10.18 ± 1.46 % (Table 2).
-Expected time on one GPU: about 3 days (1,048,576 steps of WRN-28-2 at 96x96; the
-paper's MixMatch-WRN runs on CIFAR took 29 h for a quarter of the pixels).
+Expected time on one GPU: not measured (this four-stage WRN at 96x96 is not in the GPU
+check, experiments/results/gpu_check_h200); the paper's MixMatch-WRN runs on CIFAR took
+29 h on a Titan Xp.
 """
 from __future__ import annotations
 

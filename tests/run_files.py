@@ -32,9 +32,11 @@ QUICK_RUN_DIAGNOSTICS = ("--config.log_assumption_ratio=True",
 def program_environment(devices: int | None = None) -> dict[str, str]:
     """This process's environment (with the session's compilation cache, see
     ``conftest.py``) for a program with ``devices`` simulated CPU devices, or with
-    XLA's own default (one CPU device) when ``devices`` is None."""
+    XLA's own default (one CPU device) when ``devices`` is None. The repository comes
+    first on the module path, then whatever this process's ``PYTHONPATH`` holds."""
     flags = "" if devices is None else f"--xla_force_host_platform_device_count={devices}"
-    return dict(os.environ, XLA_FLAGS=flags, PYTHONPATH=str(REPO))
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, XLA_FLAGS=flags, PYTHONPATH=path)
 
 
 def program_command(module: str, *args: str) -> list[str]:

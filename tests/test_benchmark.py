@@ -28,3 +28,26 @@ def test_benchmark_writes_a_row_per_algorithm(tmp_path):
         assert row["image_size"] == 12
         assert row["ratio_to_ict"] == pytest.approx(row["ms_per_step"] / rows[2]["ms_per_step"])
     assert "| meta_semi | unrolled | small_cnn | bfloat16 | 12 |" in proc.stdout
+
+
+# Several processes, each compiling a full step: in `pytest -m slow` (CI runs it).
+@pytest.mark.slow
+def test_gpu_check_writes_every_part_on_the_cpu(tmp_path):
+    """The GPU check in its reduced form on the CPU: every part runs and reports."""
+    out = tmp_path / "out"
+    proc = run_program("experiments.gpu_check", f"--out={out}", "--models=small_cnn",
+                       "--dtypes=float32", "--image_size=8", "--steps=2", "--warmup=0",
+                       "--e2e_steps=30")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["machine"]["platform"] == "cpu" and report["machine"]["jax"]
+    parts = report["parts"]
+    assert parts["compile, all rows at once"]["returncode"] == [0, 0, 0, 0]
+    rows = parts["small_cnn_float32"]["rows"]
+    assert [r["algorithm"] for r in rows] == ["meta_semi", "meta_semi", "ict", "supervised"]
+    assert all(r["ms_per_step"] > 0 for r in rows)
+    run = parts["end to end: digits:50, 30 steps"]["end_to_end"]
+    assert run["steps"] == 30 and run["steps_per_s_after_first_eval"] > 0
+    assert report["full_cifar10"] == []  # no CNN-13 row was timed
+    table = (out / "gpu_check.md").read_text()
+    assert "| meta_semi | unrolled | small_cnn | float32 | 8 |" in table
