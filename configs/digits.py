@@ -11,7 +11,8 @@ validation accuracy among 0.5 and 1.0; EMA decay 0.99 instead of 0.999 because
 4,000 steps are too few for a 1,000-step averaging horizon. The other algorithms
 (``--config.algorithm=...``) take CIFAR-10's recipes (``config.<algorithm>``), their
 ramp-ups measured in epochs of the 1,097 unlabeled images (12 steps each) and
-MixMatch's over the same 1/64 of the run as in its paper.
+MixMatch's over the same 1/64 of the run as in its paper, and fast-SWA's cycles over
+the same fractions of the run as in its code's 1,200 epochs.
 """
 from __future__ import annotations
 
@@ -47,4 +48,11 @@ def get_config(num_labels: str = "50") -> ml_collections.ConfigDict:
                          vat_epsilon=VAT_EPSILON * (64 / 3072) ** 0.5)
     # MixMatch ramps lambda_u over 1/64 of its run (16,384 of 1,048,576 steps).
     c.mixmatch.rampup_steps = c.get_ref("num_train_steps") // 64
+    # fast-SWA's epochs (l0 180, cosine 210, cycles 30, averaging every 3) as the same
+    # fractions of the run as of its CIFAR-10 run's 1,200 epochs: in digits epochs, l0
+    # would come after the digits edition's 2,000 steps.
+    steps = c.get_ref("num_train_steps")
+    for field, epochs in (("lr_decay_steps", 210), ("cycle_start_steps", 180),
+                          ("cycle_steps", 30), ("average_every_steps", 3)):
+        c.mean_teacher_fast_swa[field] = steps * epochs // 1200
     return c

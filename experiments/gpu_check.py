@@ -53,7 +53,10 @@ _MODELS = flags.DEFINE_list("models", list(GROUPS), "Models to time (small_cnn f
 # --image_size, --steps and --warmup are the benchmark's own flags, passed on to it.
 FLAGS = flags.FLAGS
 _DTYPES = flags.DEFINE_list("dtypes", list(DTYPES), "Compute dtypes of the benchmark rows.")
-_E2E_STEPS = flags.DEFINE_integer("e2e_steps", 300, "Steps of the end-to-end digits run.")
+_ROWS = flags.DEFINE_list("rows", None, "Benchmark rows (algorithm[:meta_grad]) of every "
+                          "group instead of the model's GROUPS entry.")
+_E2E_STEPS = flags.DEFINE_integer("e2e_steps", 300, "Steps of the end-to-end digits run "
+                                  "(0: none).")
 _LOGS = flags.DEFINE_string("logs", None, "Folder for each part's console output "
                             "(default: OUT/logs).")
 _PART_TIMEOUT = flags.DEFINE_integer("part_timeout", 240, "Seconds each part may take.")
@@ -69,7 +72,7 @@ class Group:
         return f"{self.model}_{self.dtype}"
 
     def rows(self) -> list[str]:
-        algorithms = GROUPS.get(self.model, GROUPS["cnn13"])
+        algorithms = _ROWS.value or GROUPS.get(self.model, GROUPS["cnn13"])
         return [f"{a}@{self.dtype}" for a in algorithms]
 
 
@@ -212,16 +215,17 @@ def main(argv: Sequence[str]) -> None:
         report["parts"][group.name] = part
         write(out, report)
 
-    workdir = work / "digits"
-    part = run_part([sys.executable, "-m", "meta_semi_jax.main",
-                     "--config=configs/digits.py:50", f"--workdir={workdir}",
-                     f"--config.num_train_steps={_E2E_STEPS.value}",
-                     f"--config.eval_every_steps={max(1, _E2E_STEPS.value // 3)}",
-                     f"--config.log_every_steps={max(1, _E2E_STEPS.value // 10)}"],
-                    env, logs / "end_to_end_digits.log")
-    if part["returncode"] == 0:
-        part["end_to_end"] = end_to_end_rate(workdir / "metrics.jsonl")
-    report["parts"][f"end to end: digits:50, {_E2E_STEPS.value} steps"] = part
+    if _E2E_STEPS.value:
+        workdir = work / "digits"
+        part = run_part([sys.executable, "-m", "meta_semi_jax.main",
+                         "--config=configs/digits.py:50", f"--workdir={workdir}",
+                         f"--config.num_train_steps={_E2E_STEPS.value}",
+                         f"--config.eval_every_steps={max(1, _E2E_STEPS.value // 3)}",
+                         f"--config.log_every_steps={max(1, _E2E_STEPS.value // 10)}"],
+                        env, logs / "end_to_end_digits.log")
+        if part["returncode"] == 0:
+            part["end_to_end"] = end_to_end_rate(workdir / "metrics.jsonl")
+        report["parts"][f"end to end: digits:50, {_E2E_STEPS.value} steps"] = part
     rows = [r for p in report["parts"].values() for r in p.get("rows", [])]
     report["full_cifar10"] = full_cifar10_hours(rows)
     write(out, report)

@@ -13,7 +13,9 @@ from meta_semi_jax.ema import ema_decay_at, ema_update
 from meta_semi_jax.losses import soft_cross_entropy
 from meta_semi_jax.meta import (
     Scored,
+    finite_difference_scores,
     labeled_gradient,
+    last_layer_scores,
     meta_scores,
     meta_weights,
     score_unlabeled,
@@ -33,7 +35,8 @@ from meta_semi_jax.step import apply_update, train_step
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "SSLBatch", "Scored", "TrainState", "apply_update", "augment",
-    "create_train_state", "ema_decay_at", "ema_update", "labeled_gradient", "meta_scores",
+    "create_train_state", "ema_decay_at", "ema_update", "finite_difference_scores",
+    "labeled_gradient", "last_layer_scores", "meta_scores",
     "meta_weights", "mixup", "mixup_labeled_and_unlabeled", "mixup_with_shuffle", "normalize",
     "per_example_loss_fn", "pseudo_labels", "sample_mixup_lambda", "score_unlabeled",
     "scores_jvp",

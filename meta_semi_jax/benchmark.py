@@ -46,6 +46,7 @@ WORKLOADS: dict[str, Workload] = {
     "wrn28_2": Workload((32, 32, 3), 32, 96),      # CIFAR, MixMatch's WRN recipe
     "wrn28_2_scales4": Workload((96, 96, 3), 32, 96),  # STL-10, MixMatch's network for it
     "small_cnn": Workload((8, 8, 1), 32, 96),      # digits
+    "cnn13_small": Workload((28, 28, 1), 25, 75),  # Fashion-MNIST on a CPU
 }
 DEFAULT_ROWS = ("meta_semi:jvp", "meta_semi:per_example", "meta_semi:unrolled", "ict",
                 "supervised")

@@ -14,6 +14,7 @@ import ml_collections
 from meta_semi_jax import algorithms, config_check, data as data_lib
 from meta_semi_jax.assumption import device_assumption_ratio
 from meta_semi_jax.batches import DeviceData
+from meta_semi_jax.bn_recompute import device_average_variables
 from meta_semi_jax.data.host_stream import HostStream
 from meta_semi_jax.data.sampler import SamplerSpec
 from meta_semi_jax.evaluation import Evaluator
@@ -54,9 +55,39 @@ def sampler_from_config(config: ml_collections.ConfigDict, unlabeled_views: int)
                        unlabeled_views=unlabeled_views)
 
 
+# A replicated state -> the same state whose EMA model (``ema_params``, ``ema_batch_stats``)
+# is the model to evaluate.
+Evaluated = Callable[[TrainState], TrainState]
+
+
+def the_ema_model(state: TrainState) -> TrainState:
+    """What every algorithm without a weight average evaluates: the EMA model as it is."""
+    return state
+
+
+def evaluated_model(dp: DataParallel, algorithm: algorithms.Algorithm, sampler: SamplerSpec,
+                    data: DeviceData, data_kinds: Any, run_key: jax.Array) -> Evaluated:
+    """The one place that says which model the evaluations (validation, test,
+    results.json) measure: the EMA model (``the_ema_model``), or, for an algorithm with
+    a ``weight_average`` (fast-SWA), its average with BatchNorm statistics recomputed on
+    the devices (``bn_recompute.device_average_variables``, data-parallel like the
+    evaluation), put in the EMA model's place of a copy of the state."""
+    spec = algorithm.weight_average
+    if spec is None:
+        return the_ema_model
+    fn = dp.run(functools.partial(device_average_variables, sampler=sampler, spec=spec),
+                ("replicated", data_kinds, "replicated"))
+
+    def average_model(state: TrainState) -> TrainState:
+        params, batch_stats = fn(state, data, run_key)
+        return state.replace(ema_params=params, ema_batch_stats=batch_stats)
+    return average_model
+
+
 @dataclasses.dataclass(frozen=True)
 class Training:
-    """Everything a run's loop needs, already on the devices."""
+    """Everything a run's loop needs, already on the devices. ``evaluated``: the state
+    whose EMA model the evaluators measure (``evaluated_model``)."""
     dp: DataParallel
     step_fn: jax.stages.Wrapped  # (state, data, run_key) -> (state, metrics)
     state: TrainState
@@ -67,6 +98,7 @@ class Training:
     ratio_fn: Callable[..., dict[str, jax.Array]] | None  # Assumption 1, when logged
     stream: HostStream | None  # the unlabeled pool in host memory ('host' placement)
     probe: SelectionProbe | None = None  # Eq. (9)'s selection diagnostics, when made
+    evaluated: Evaluated = the_ema_model
 
 
 def unlabeled_pool_size(config: ml_collections.ConfigDict, num_unlabeled: int,
@@ -109,13 +141,14 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
                               noisy=algorithm.noisy_network)
     init_key, run_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = create_train_state(model(dtype=jnp.dtype(config.compute_dtype)),
-                               make_optimizer(config), init_key,
+                               make_optimizer(config, algorithm.lr_cycles), init_key,
                                jnp.zeros((1,) + ssl.labeled_images.shape[1:], jnp.float32))
     if config.compute_dtype != "float32":
         state = state.replace(float32_apply_fn=model().apply)
     if algorithm.init_state is not None:
         state = state.replace(algorithm_state=algorithm.init_state(
-            unlabeled_pool_size(config, len(ssl.unlabeled_labels), dp.num_devices)))
+            unlabeled_pool_size(config, len(ssl.unlabeled_labels), dp.num_devices),
+            state.params))
     unlabeled_kind = "replicated" if config.unlabeled_placement == "replicated" else "sharded"
     # DeviceData's pytree with a placement kind (str) at each leaf: dp.run's in_kinds.
     data_kinds = cast(Any, DeviceData)(
@@ -138,13 +171,16 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
     if config.unlabeled_placement == "host":
         stream = HostStream(dp, ssl.unlabeled_images, ssl.unlabeled_labels,
                             step_keys(run_key, 0)[0], config.unlabeled_batch_size)
+    device_data = place_data(dp, ssl, config.unlabeled_placement, stream)
+    device_run_key = dp.replicate(run_key)
     return Training(
-        dp=dp, step_fn=step_fn, state=dp.replicate(state),
-        data=place_data(dp, ssl, config.unlabeled_placement, stream),
-        run_key=dp.replicate(run_key),
+        dp=dp, step_fn=step_fn, state=dp.replicate(state), data=device_data,
+        run_key=device_run_key,
         val_eval=Evaluator(dp, ssl.val_images, ssl.val_labels, ssl.mean, ssl.std,
                            config.eval_batch_size),
         test_eval=Evaluator(dp, ssl.test_images, ssl.test_labels, ssl.mean, ssl.std,
                             config.eval_batch_size),
         ratio_fn=ratio_fn, stream=stream,
-        probe=selection_probe(config, dp, ssl, algorithm))
+        probe=selection_probe(config, dp, ssl, algorithm),
+        evaluated=evaluated_model(dp, algorithm, sampler, device_data, data_kinds,
+                                  device_run_key))

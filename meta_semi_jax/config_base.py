@@ -50,6 +50,14 @@ def set_baseline_recipes(c: ml_collections.ConfigDict, *, steps_per_epoch: int,
                                         c.labeled_batch_size + c.unlabeled_batch_size),
         "noisy_network": True, "ema_warmup": False}
     c.mean_teacher = ml_collections.ConfigDict(mean_teacher)
+    # MT + fast-SWA: Mean Teacher's recipe plus fast-SWA's CIFAR-10 CNN-13 cycles and
+    # averaging (cifar10_mt_cnn_short_n4k.py): cosine over 210 epochs, cycles of 30 after
+    # epoch 180, the student averaged every 3 epochs from epoch 150, BatchNorm
+    # statistics recomputed over 101 batches.
+    c.mean_teacher_fast_swa = ml_collections.ConfigDict({
+        **mean_teacher, "lr_decay_steps": 210 * steps_per_epoch,
+        "cycle_start_steps": 180 * steps_per_epoch, "cycle_steps": 30 * steps_per_epoch,
+        "average_every_steps": 3 * steps_per_epoch, "bn_batches": 101})
     # MT + SNTG: Mean Teacher's recipe plus SNTG's graph weight and margin (config.py).
     c.sntg = ml_collections.ConfigDict({**mean_teacher, "graph_weight": 0.4, "margin": 1.0})
     c.ict = ml_collections.ConfigDict({

@@ -38,6 +38,11 @@ ALGORITHM_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epsilon": (lambda v: v > 0, "a number > 0"),
     "graph_weight": (lambda v: v >= 0, "a number >= 0"),
     "margin": (lambda v: v > 0, "a number > 0"),
+    "lr_decay_steps": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "cycle_start_steps": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "cycle_steps": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "average_every_steps": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "bn_batches": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
 }
 
 DIVISIBLE_BY_DEVICES = ("labeled_batch_size", "unlabeled_batch_size", "eval_batch_size")
@@ -56,6 +61,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
             raise _fail(config, name, field.allowed.describe())
     check_algorithm_fields(config)
     check_algorithm_needs(config)
+    check_score_method(config)
     if config.log_assumption_ratio and config.unlabeled_placement == "host":
         raise _fail(config, "log_assumption_ratio", "its random batches are drawn from the "
                     "unlabeled pool on the devices: it needs config.unlabeled_placement "
@@ -75,12 +81,43 @@ def check_algorithm_needs(config: ml_collections.ConfigDict) -> None:
                           f"with the network noise ({', '.join(NOISY_MODELS)}), not "
                           f"config.model={config.model!r}")
     if algorithm.init_state is not None and config.unlabeled_placement == "host":
-        raise _fail(config, "unlabeled_placement", f"{config.algorithm} keeps a value per "
-                    f"unlabeled image and reads the images' pool indices on the devices: it "
-                    f"needs 'replicated' or 'sharded'")
+        raise _fail(config, "unlabeled_placement", f"{config.algorithm} keeps state on the "
+                    f"devices that reads the unlabeled pool there (a value per pool image, "
+                    f"or a weight average whose BatchNorm statistics are recomputed from "
+                    f"the pool): it needs 'replicated' or 'sharded'")
+    cycles = algorithm.lr_cycles
+    if cycles is not None:
+        if config.lr_schedule != "cosine":
+            raise _fail(config, "lr_schedule", f"{config.algorithm} trains with cosine "
+                        f"learning-rate cycles: it needs 'cosine'")
+        if cycles.cycle_steps > cycles.start_steps:
+            raise ConfigError(
+                f"config.{config.algorithm}.cycle_steps={cycles.cycle_steps} is not allowed: "
+                f"each cycle repeats the cosine's last cycle_steps before cycle_start_steps "
+                f"({cycles.start_steps}), so it must not exceed it")
     if config.log_assumption_ratio and algorithm.assumption_terms is None:
         raise _fail(config, "log_assumption_ratio", "Assumption 1 is about L_meta: it needs "
                     "config.algorithm='meta_semi'")
+
+
+def check_score_method(config: ml_collections.ConfigDict) -> None:
+    """The limits of the cheaper scores (meta.py): finite differences need float32, and
+    the agreement diagnostic compares a cheaper score of Meta-Semi's reweighting with
+    the exact one."""
+    if config.meta_grad == "finite_difference" and config.compute_dtype != "float32":
+        raise _fail(config, "meta_grad", "finite differences of the losses need "
+                    "config.compute_dtype='float32' (a bfloat16 pass rounds more than the "
+                    "difference it measures); in bfloat16 use jvp or last_layer")
+    if not config.log_selection_agreement:
+        return
+    if "log_selection_agreement" not in ALGORITHMS[config.algorithm].top_level_fields:
+        raise _fail(config, "log_selection_agreement", "it compares the Eq. (9) selections "
+                    "of Meta-Semi's reweighting: it needs config.algorithm meta_semi, "
+                    "meta_semi_ict or l2rw")
+    if config.meta_grad == "jvp":
+        raise _fail(config, "log_selection_agreement", "it compares config.meta_grad with "
+                    "the exact jvp: set config.meta_grad to last_layer, finite_difference, "
+                    "unrolled or per_example")
 
 
 def check_algorithm_fields(config: ml_collections.ConfigDict) -> None:

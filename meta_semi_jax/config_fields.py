@@ -70,10 +70,13 @@ FIELDS: dict[str, Field] = {
     "algorithm": Field("meta_semi", Choice(ALGORITHMS), True,
                        "see meta_semi_jax.algorithms.ALGORITHMS"),
     "model": Field("small_cnn", Choice(MODELS), True,
-                   "small_cnn | cnn13 | wrn28_2 | wrn28_2_scales4"),
-    "dataset": Field("digits", ANY, True, "digits | cifar10 | cifar100 | svhn | stl10 | "
-                     "tfds:<name> (checked by config_check with the data module)"),
-    "data_dir": Field("", ANY, False, "tfds data directory ('' = tfds' default)"),
+                   "small_cnn | cnn13 | cnn13_small | wrn28_2 | wrn28_2_scales4"),
+    "dataset": Field("digits", ANY, True, "digits | fashion_mnist | cifar10 | cifar100 | "
+                     "svhn | stl10 | tfds:<name> | npz:<path> | folder:<dir> (checked by "
+                     "config_check with the data module)"),
+    "data_dir": Field("", ANY, False, "tfds data directory ('' = tfds' default); for "
+                      "fashion_mnist also the folder of its IDX files ('' = Debian's "
+                      "/usr/share/datasets/fashion-mnist)"),
     "tfds_train_split": Field("train", ANY, True, "for tfds:<name> datasets"),
     "tfds_test_split": Field("test", ANY, True, "for tfds:<name> datasets"),
     "fold": Field(0, Range(lambda v: 0 <= v <= 9, "one of STL-10's predefined folds 0-9"),
@@ -92,7 +95,8 @@ FIELDS: dict[str, Field] = {
     "beta": Field(1.0, Range(lambda v: v > 0, "a number > 0"), True,
                   "MixUp's Beta(beta, beta), Eqs. (12)-(13)"),
     "meta_grad": Field("jvp", Choice(META_GRAD_METHODS), True,
-                       "jvp | unrolled | per_example (meta.py)"),
+                       "jvp | unrolled | per_example | finite_difference | last_layer "
+                       "(meta.py; the last two are cheaper approximations)"),
     "teacher_bn_mode": Field("train", Choice(("train", "eval")), True,
                              "train | eval: BatchNorm of the EMA teacher (ICT: train)"),
     "ema_decay": Field(0.999, FRACTION, True, "0: no parameter EMA (Table 5)"),
@@ -111,6 +115,9 @@ FIELDS: dict[str, Field] = {
     "log_every_steps": Field(50, POSITIVE, False, "steps between console/log lines"),
     "log_assumption_ratio": Field(False, ANY, False,
                                   "Monte-Carlo ratio of Assumption 1 at each evaluation"),
+    "log_selection_agreement": Field(False, ANY, False,
+                                     "with a cheaper meta_grad, also compute the exact "
+                                     "scores and log the share of selections they agree on"),
     "assumption_ratio_samples": Field(500, POSITIVE, False,
                                       "the paper's sample size (Fig. 2)"),
     "selection_probe_size": Field(1000, NON_NEGATIVE, False,

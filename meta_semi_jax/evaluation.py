@@ -56,6 +56,8 @@ class Evaluator:
         self._dp = dp
 
     def accuracy(self, state: TrainState) -> float:
-        """Accuracy (%) of ``state``'s EMA model, replicated over ``dp``'s devices."""
+        """Accuracy (%) of ``state``'s EMA model, replicated over ``dp``'s devices (the
+        loop passes ``build.Training.evaluated(state)``, whose EMA model is fast-SWA's
+        average for the algorithms that keep one)."""
         counts = self._dp.unreplicate(self._fn(state, *self._arrays))
         return 100.0 * float(counts["correct"]) / float(counts["count"])

@@ -1,7 +1,8 @@
 """The training loop: steps, logs, evaluations and checkpoints, over a run set up by
 ``build.build_training``.
 
-Evaluation protocol: the EMA model is evaluated on the validation split every
+Evaluation protocol: the EMA model (fast-SWA's average for Mean Teacher + fast-SWA:
+``build.evaluated_model``) is evaluated on the validation split every
 ``eval_every_steps``; the test split is evaluated at the same steps for the learning
 curves (``metrics.jsonl``) and reported for the final model and for the evaluation with
 the best validation accuracy; it never selects anything.
@@ -189,10 +190,11 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
                 logging.info("%s", progress.line(step, scalars))
                 run_log.scalars(step, scalars, "train")
         if itstime(step, config.eval_every_steps, config.num_train_steps):
-            loop.val_accuracy = val_accuracy = training.val_eval.accuracy(state)
+            evaluated = training.evaluated(state)
+            loop.val_accuracy = val_accuracy = training.val_eval.accuracy(evaluated)
             # The test error is logged for the learning curves only; nothing selects on it.
             record = {"step": step, "val_accuracy": val_accuracy,
-                      "test_accuracy": training.test_eval.accuracy(state),
+                      "test_accuracy": training.test_eval.accuracy(evaluated),
                       "wall_seconds": wall_seconds(), **host_metrics(metrics, dp),
                       **counts.take()}
             if val_accuracy > loop.best.val_accuracy:
@@ -214,7 +216,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.
             raise Preempted(f"SIGTERM: saved a checkpoint at step {step} in "
                             f"{manager.directory}; run the same command to resume")
 
-    results = final_results(config, ssl, loop, training.test_eval.accuracy(state),
+    results = final_results(config, ssl, loop,
+                            training.test_eval.accuracy(training.evaluated(state)),
                             dp.num_devices, wall_seconds())
     run_log.close()
     write_json(workdir, "results.json", results)

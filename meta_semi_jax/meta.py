@@ -9,8 +9,10 @@ axis). For a labeled batch X~ and an unlabeled (pseudo-labelled) batch U~ the
 
 and Eq. (10) says the meta-gradient of Algorithm 1 is ``-alpha * s_j``.
 
-Three ways to compute ``s`` are offered (``score_unlabeled(method, ...)``, which also
-returns U~'s losses and their pullback for the update; ``meta_scores`` the scores alone):
+Five ways to compute ``s`` are offered. The first three are exact (``per_example`` only
+without BatchNorm), the last two cheaper approximations, measured against ``jvp`` in
+experiments/PERF.md (``score_unlabeled(method, ...)`` also returns U~'s losses and their
+pullback for the update; ``meta_scores`` the scores alone):
 
 * ``"jvp"`` (default): ``s = J_U(theta) g_X`` with one ``jax.grad`` for ``g_X``
   and one ``jax.jvp`` of ``theta -> loss_fn(theta, U~)``. Exact for any
@@ -22,6 +24,15 @@ returns U~'s losses and their pullback for the update; ``meta_scores`` the score
 * ``"per_example"``: ``vmap`` of ``jax.grad`` over single examples, then a dot
   product with ``g_X``. Exact only when examples do not interact (a model
   without train-mode BatchNorm); it also holds one gradient per example.
+* ``"finite_difference"``: ``s_j ~ (L_j(theta + eps g_X) - L_j(theta)) / eps``, the
+  change of each loss after a small step along ``g_X``: one more forward pass of U~ (the
+  whole batch, so BatchNorm's interactions are in it), no tangent pass; exact up to
+  O(eps) and rounding (``finite_difference_scores``).
+* ``"last_layer"``: Eq. (10) restricted to the parameters of the affine classifier
+  ``z = W h + b`` on the penultimate features ``h``, in closed form from the features
+  and the output residuals ``softmax(z) - t`` (``last_layer_scores``): no extra pass,
+  and X~ needs no backward pass. It needs the model's features, so the algorithms
+  compute it (``algorithms.meta_semi``), not ``score_unlabeled``.
 
 With ``axis_name`` set the functions run inside a data-parallel map
 (``shard_map``/``pmap``) whose every device holds a shard of both batches:
@@ -36,14 +47,18 @@ from typing import Any, Literal, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
 Params = Any
 Batch = Any
 LossFn = Callable[[Params, Batch], jax.Array]
 LossFnWithAux = Callable[[Params, Batch], tuple[jax.Array, Any]]
-MetaGradMethod = Literal["jvp", "unrolled", "per_example"]
-META_GRAD_METHODS: tuple[str, ...] = ("jvp", "unrolled", "per_example")
+MetaGradMethod = Literal["jvp", "unrolled", "per_example", "finite_difference", "last_layer"]
+META_GRAD_METHODS: tuple[str, ...] = ("jvp", "unrolled", "per_example", "finite_difference",
+                                      "last_layer")
+# The length of the finite-difference step in parameter space: eps * ||g_X||.
+FINITE_DIFFERENCE_STEP = 1e-3
 
 
 def _psum_if(tree: Any, axis_name: str | None) -> Any:
@@ -135,6 +150,43 @@ def unrolled_meta_gradient(loss_fn: LossFn, params: Params, labeled_batch: Batch
     return jax.grad(labeled_loss_after_virtual_steps)(jnp.zeros(num_unlabeled, dtype))
 
 
+def finite_difference_scores(loss_fn: LossFn, params: Params, g_x: Params,
+                             unlabeled_batch: Batch, losses: jax.Array,
+                             step: float = FINITE_DIFFERENCE_STEP) -> jax.Array:
+    """``s_j ~ (L_j(theta + eps g_X) - L_j(theta)) / eps`` with ``eps = step / ||g_X||``:
+    the directional derivative of Eq. (10) by a forward difference, from one more
+    forward pass of the whole U~ (``losses`` are ``L_j(theta)``, already computed).
+
+    The step moves the parameters by ``step`` in norm. Its error is O(eps) from the
+    curvature plus float32 rounding of the losses divided by eps, so it is meant for
+    float32 computation (a bfloat16 pass rounds at 1e-2, more than the difference).
+    """
+    norm = optax.tree.norm(g_x)
+    eps = step / jnp.where(norm > 0, norm, 1.0)
+    moved = jax.tree.map(lambda p, g: p + (eps * g).astype(p.dtype), params, g_x)
+    return (loss_fn(moved, unlabeled_batch) - losses) / eps
+
+
+def last_layer_scores(logits_u: jax.Array, targets_u: jax.Array, features_u: jax.Array,
+                      logits_x: jax.Array, targets_x: jax.Array, features_x: jax.Array,
+                      axis_name: str | None = None) -> jax.Array:
+    """Eq. (10) restricted to the classifier ``z = W h + b``: ``s_j = <g_X, grad L_j>`` over
+    ``W`` and ``b`` alone, in closed form.
+
+    For the soft-target cross-entropy ``dL/dz = softmax(z) - t =: r``, so
+    ``grad_W L = r h^T`` and ``grad_b L = r``. With ``G_W = sum_i r_i h_i^T`` and
+    ``G_b = sum_i r_i`` over the global X~ (summed over ``axis_name``),
+    ``s_j = r_j^T G_W h_j + r_j^T G_b``. ``h`` are the penultimate features (the
+    classifier's inputs), ``[B, F]``; logits and targets ``[B, K]``. Exact for these
+    parameters (``h`` does not depend on them); blind to every layer below.
+    """
+    residuals_x = jax.nn.softmax(logits_x) - targets_x
+    residuals_u = jax.nn.softmax(logits_u) - targets_u
+    g_w = _psum_if(jnp.einsum("ik,if->kf", residuals_x, features_x), axis_name)
+    g_b = _psum_if(jnp.sum(residuals_x, axis=0), axis_name)
+    return jnp.einsum("jk,kf,jf->j", residuals_u, g_w, features_u) + residuals_u @ g_b
+
+
 class Scored(NamedTuple):
     """What every scoring method returns for U~ (``score_unlabeled``)."""
     losses: jax.Array                          # per-example losses L_j on U~, [B_u]
@@ -155,16 +207,18 @@ def score_unlabeled(method: MetaGradMethod, loss_fn_with_aux: LossFnWithAux, par
     differentiates the labeled loss itself, through ``steps`` virtual SGD steps of size
     ``learning_rate`` (Algorithm 1 literally), and divides by ``-learning_rate * steps``
     so every method returns the same ``s`` (Proposition 1). ``jvp`` runs U~'s forward
-    pass once for scores and pullback (``linearized_scores``); the others add one.
+    pass once for scores and pullback (``linearized_scores``); the others add one
+    (``finite_difference``: a forward pass at ``theta + eps g_X``). ``last_layer`` needs
+    the model's features and is not computed here (``last_layer_scores``).
     """
     def unlabeled(p: Params) -> tuple[jax.Array, Any]:
         return loss_fn_with_aux(p, unlabeled_batch)
 
     if method == "jvp":
         return Scored(*linearized_scores(unlabeled, params, g_x))
-    if method not in META_GRAD_METHODS:
-        raise ValueError(f"meta_grad method {method!r} is not known; allowed: "
-                         f"{', '.join(META_GRAD_METHODS)}")
+    if method not in META_GRAD_METHODS or method == "last_layer":
+        raise ValueError(f"meta_grad method {method!r} is not computed by score_unlabeled; "
+                         f"allowed: jvp, unrolled, per_example, finite_difference")
     losses, vjp_fn, aux = jax.vjp(unlabeled, params, has_aux=True)
 
     def losses_only(p: Params, batch: Batch) -> jax.Array:
@@ -172,6 +226,8 @@ def score_unlabeled(method: MetaGradMethod, loss_fn_with_aux: LossFnWithAux, par
 
     if method == "per_example":
         scores = scores_per_example(losses_only, params, g_x, unlabeled_batch)
+    elif method == "finite_difference":
+        scores = finite_difference_scores(losses_only, params, g_x, unlabeled_batch, losses)
     else:
         scores = -unrolled_meta_gradient(
             losses_only, params, labeled_batch, unlabeled_batch, learning_rate=learning_rate,
@@ -193,8 +249,10 @@ def meta_scores(loss_fn: LossFn, params: Params, labeled_batch: Batch,
       params: the parameters theta at which both gradients are taken.
       labeled_batch: X~, a pytree with a leading example axis.
       unlabeled_batch: U~ with its (pseudo) targets, same convention.
-      method: ``"jvp"`` (exact, default), ``"unrolled"`` (Algorithm 1 literally)
-        or ``"per_example"`` (exact only for non-interacting examples).
+      method: ``"jvp"`` (exact, default), ``"unrolled"`` (Algorithm 1 literally),
+        ``"per_example"`` (exact only for non-interacting examples) or
+        ``"finite_difference"`` (approximate); ``"last_layer"`` needs the model's
+        features (``last_layer_scores``).
       axis_name: device axis of a data-parallel map; makes ``g_X`` global.
       steps, learning_rate: M and alpha of the virtual steps, used by
         ``"unrolled"`` only; the result is divided by ``-alpha * M`` so all

@@ -13,6 +13,7 @@ from meta_semi_jax.data.sampler import SamplerSpec, sample_batch
 from meta_semi_jax.ema import ema_decay_at, ema_update
 from meta_semi_jax.parallel import AXIS
 from meta_semi_jax.state import TrainState
+from meta_semi_jax.weight_average import WeightAverage, averaged
 
 
 def apply_update(state: TrainState, grads: Any, batch_stats: Any, max_ema_decay: float,
@@ -44,12 +45,18 @@ def train_step(state: TrainState, batch: SSLBatch, key: jax.Array, algorithm: Al
     Use it directly with your own Flax model (``axis_name=None`` on one device), or
     inside ``shard_map``/``pmap`` over ``axis_name`` with each device holding its
     share of ``batch``: gradients, the Eq. (1) normaliser and ``g_X`` are global.
+    An algorithm with a ``weight_average`` (fast-SWA) then adds the updated parameters
+    to its average in ``algorithm_state`` when the new step is an averaging step.
     """
     result = algorithm.gradients(state, batch, key, axis_name)
     new_state = apply_update(state, result.grads, result.batch_stats, ema_decay,
                              algorithm.ema_warmup, result.ema_batch_stats)
     if result.algorithm_state is not None:
         new_state = new_state.replace(algorithm_state=result.algorithm_state)
+    if algorithm.weight_average is not None:
+        new_state = new_state.replace(algorithm_state=averaged(
+            WeightAverage(*new_state.algorithm_state), new_state.params, new_state.step,
+            algorithm.weight_average))
     return new_state, result.metrics
 
 

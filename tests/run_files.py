@@ -81,3 +81,16 @@ def records_without_time(workdir) -> list[dict]:
     """``metrics.jsonl``'s evaluation records, without their wall-clock times."""
     lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
     return [without_time(json.loads(line)) for line in lines]
+
+
+def one_line_refusal(workdir: pathlib.Path, *args: str) -> str:
+    """Runs the program with ``args`` on ``workdir`` (an empty folder) and checks that it
+    stops with exit status 2, one line on stderr and the workdir untouched; returns the
+    line."""
+    workdir.mkdir(exist_ok=True)
+    proc = run_program("meta_semi_jax.main", f"--workdir={workdir}", *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert not any(workdir.iterdir())
+    return lines[0]

@@ -28,7 +28,9 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         del train
-        return nn.Dense(C)(x.reshape((x.shape[0], -1)))
+        features = x.reshape((x.shape[0], -1))
+        self.sow("intermediates", "features", features)  # the classifier's inputs
+        return nn.Dense(C)(features)
 
 
 def f(params, x):
@@ -126,6 +128,20 @@ def test_mean_teacher(problem):
     y = jax.nn.one_hot(batch.labels, C)
     teacher = jax.nn.softmax(f(state.ema_params, batch.extra_unlabeled_views[0]))
     check("mean_teacher", hp, problem, lambda p: jnp.mean(ce(f(p, batch.labeled_images), y))
+          + 100.0 * jnp.mean(mse(f(p, batch.unlabeled_images), teacher)))
+
+
+def test_mean_teacher_fast_swa(problem):
+    """Mean Teacher's loss, unchanged: fast-SWA changes only the learning rate, the weight
+    average and the evaluated model (tests/test_fast_swa.py)."""
+    state, batch, _ = problem
+    hp = {"weight": 100.0, "rampup_steps": 0, "teacher_bn_mode": "train",
+          "noisy_network": False, "ema_warmup": True, "lr_decay_steps": 10,
+          "cycle_start_steps": 4, "cycle_steps": 2, "average_every_steps": 1, "bn_batches": 1}
+    y = jax.nn.one_hot(batch.labels, C)
+    teacher = jax.nn.softmax(f(state.ema_params, batch.extra_unlabeled_views[0]))
+    check("mean_teacher_fast_swa", hp, problem,
+          lambda p: jnp.mean(ce(f(p, batch.labeled_images), y))
           + 100.0 * jnp.mean(mse(f(p, batch.unlabeled_images), teacher)))
 
 
@@ -235,6 +251,21 @@ def test_meta_semi_and_its_weight_ablations(problem, weights, rule):
     reference, expected_w = meta_semi_reference(state, batch, key, 0.5, rule)
     result = check("meta_semi", {"beta": 0.5, "weights": weights}, problem, reference)
     assert float(result.metrics["selected"]) == pytest.approx(float(jnp.mean(expected_w > 0)))
+
+
+@pytest.mark.parametrize("meta_grad", ["last_layer", "finite_difference"])
+def test_cheaper_scores_are_exact_on_a_linear_model(problem, meta_grad):
+    """On a linear model every parameter is the classifier's, so ``last_layer`` is
+    Eq. (10) itself, and finite differences are exact up to O(eps): both select as the
+    literal Algorithm 1 and give its L_meta, and the logged agreement with ``jvp`` is 1."""
+    state, batch, key = problem
+    reference, expected_w = meta_semi_reference(state, batch, key, 0.5,
+                                                lambda s: (s >= 0).astype(s.dtype))
+    result = check("meta_semi", {"beta": 0.5, "meta_grad": meta_grad,
+                                 "log_selection_agreement": True}, problem, reference)
+    assert float(result.metrics["selected"]) == pytest.approx(float(jnp.mean(expected_w)))
+    assert 0 < float(jnp.mean(expected_w)) < 1
+    assert float(result.metrics["selection_agreement"]) == 1.0
 
 
 def test_l2rw(problem):

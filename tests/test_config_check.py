@@ -37,7 +37,7 @@ BAD = [
     ("algorithm", "fixmatch", sorted(ALGORITHMS)),
     ("model", "resnet50", sorted(MODELS)),
     ("dataset", "imagenet", ["digits"]),
-    ("meta_grad", "finite_difference", sorted(META_GRAD_METHODS)),
+    ("meta_grad", "hessian", sorted(META_GRAD_METHODS)),
     ("parallel", "pjit", sorted(PARALLEL_MODES)),
     ("optimizer", "rmsprop", sorted(OPTIMIZERS)),
     ("lr_schedule", "step", sorted(LR_SCHEDULES)),
@@ -104,6 +104,26 @@ def test_pad_mode_and_fold_are_checked_when_present():
     _assert_one_line_naming(info.value, "fold", 10, ["0-9"])
 
 
+@pytest.mark.parametrize("changes,field,words", [
+    ({"meta_grad": "finite_difference", "compute_dtype": "bfloat16"}, "meta_grad",
+     ["float32", "jvp or last_layer"]),
+    ({"log_selection_agreement": True}, "log_selection_agreement", ["last_layer"]),
+    ({"log_selection_agreement": True, "meta_grad": "last_layer", "algorithm": "ict"},
+     "log_selection_agreement", ["meta_semi", "l2rw"]),
+])
+def test_cheaper_score_limits_are_one_line(changes, field, words):
+    """Finite differences need float32; the agreement diagnostic needs a cheaper score
+    of Meta-Semi's reweighting to compare with the exact one."""
+    config = digits_config()
+    config.update(changes)
+    with pytest.raises(ConfigError) as info:
+        check_all(config)
+    _assert_one_line_naming(info.value, field, changes[field], words)
+    config.update({"log_selection_agreement": False, "compute_dtype": "float32",
+                   "algorithm": "meta_semi"})
+    check_all(config)
+
+
 def test_default_digits_config_passes_on_1_and_4_devices():
     """The shipped digits config (and other label counts) passes all data-free checks."""
     for labels in ("50", "100", "250"):
@@ -116,6 +136,7 @@ def _choice_cases():
     cases = [(name, value) for name, field in FIELDS.items()
              if isinstance(field.allowed, Choice) for value in field.allowed.values]
     cases += [("dataset", name) for name in data_lib.BUILTIN_DATASETS]
+    cases += [("dataset", form) for form in ("tfds:mnist", "npz:mine.npz", "folder:images")]
     return cases
 
 

@@ -21,6 +21,7 @@ from meta_semi_jax import (
     unrolled_meta_gradient,
     weighted_loss,
 )
+from meta_semi_jax.meta import finite_difference_scores, last_layer_scores, scores_jvp
 
 
 class TwoLayerNet(nn.Module):
@@ -35,6 +36,7 @@ class TwoLayerNet(nn.Module):
             x = nn.BatchNorm(use_running_average=False, param_dtype=jnp.float64,
                              dtype=jnp.float64)(x)
         x = jnp.tanh(x)
+        self.sow("intermediates", "features", x)
         return nn.Dense(3, param_dtype=jnp.float64, dtype=jnp.float64)(x)
 
 
@@ -152,6 +154,55 @@ def test_unrolled_scores_are_independent_of_steps_and_learning_rate():
     base = meta_scores(*problem, method="unrolled")
     other = meta_scores(*problem, method="unrolled", steps=3, learning_rate=0.05)
     np.testing.assert_allclose(other, base, rtol=1e-9)
+
+
+def test_finite_differences_converge_to_algorithm_1_under_batchnorm():
+    """The forward difference along g_X of the whole batch's losses keeps BatchNorm's
+    coupling; its error shrinks with the step (O(eps))."""
+    problem = make_problem(batch_norm=True)
+    loss_fn, params, labeled, unlabeled = problem
+    reference = literal_scores(problem)
+    g_x = labeled_gradient(loss_fn, params, labeled)
+    losses = loss_fn(params, unlabeled)
+    errors = [np.max(np.abs(finite_difference_scores(loss_fn, params, g_x, unlabeled, losses,
+                                                     step) - reference))
+              for step in (1e-2, 1e-4, 1e-6)]
+    scale = np.max(np.abs(reference))
+    assert errors[0] > 10 * errors[1] > 100 * errors[2]
+    assert errors[2] < 1e-5 * scale
+    scored = score_unlabeled("finite_difference", lambda p, b: (loss_fn(p, b), None), params,
+                             labeled, unlabeled, g_x)
+    np.testing.assert_allclose(scored.scores, reference, rtol=1e-2, atol=1e-3 * scale)
+
+
+def test_last_layer_scores_are_eq_10_over_the_classifier_alone():
+    """The closed form against Eq. (10) by autodiff with g_X's non-classifier parts set
+    to zero, on the BatchNorm network (whose features couple the examples)."""
+    model = TwoLayerNet(batch_norm=True)
+    loss_fn, params, labeled, unlabeled = make_problem(batch_norm=True)
+    variables = model.init(jax.random.PRNGKey(4), labeled["x"])
+
+    def logits_and_features(batch):
+        logits, sown = model.apply({**variables, "params": params}, batch["x"],
+                                   mutable=["batch_stats", "intermediates"])
+        return logits, sown["intermediates"]["features"][0]
+
+    g_x = labeled_gradient(loss_fn, params, labeled)
+    classifier_only = {name: jax.tree.map(
+        lambda leaf, keep=name == "Dense_1": leaf if keep else jnp.zeros_like(leaf), tree)
+        for name, tree in g_x.items()}
+    reference = scores_jvp(loss_fn, params, classifier_only, unlabeled)
+    logits_u, h_u = logits_and_features(unlabeled)
+    logits_x, h_x = logits_and_features(labeled)
+    scores = last_layer_scores(logits_u, unlabeled["y"], h_u, logits_x, labeled["y"], h_x)
+    np.testing.assert_allclose(scores, reference, rtol=1e-10, atol=1e-13)
+    # Restricted to the classifier, it is not Eq. (10) over every parameter.
+    assert np.max(np.abs(scores - literal_scores((loss_fn, params, labeled, unlabeled)))) > 1e-3
+
+
+def test_score_unlabeled_refuses_last_layer():
+    with pytest.raises(ValueError, match="not computed by score_unlabeled"):
+        score_unlabeled("last_layer", lambda p, b: (b, None), {}, None, None, None)
 
 
 def test_meta_scores_jit_compiles_and_matches_eager():

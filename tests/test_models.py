@@ -9,7 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meta_semi_jax.models import CNN13, MODELS, SmallCNN, WideResNet, create_model
+from meta_semi_jax.models import (
+    CNN13,
+    MODELS,
+    CNN13Small,
+    SmallCNN,
+    WideResNet,
+    create_model,
+)
 
 NUM_CLASSES = 10
 
@@ -74,8 +81,18 @@ SMALL_CNN_PARAMS = (
     + 64 * NUM_CLASSES + NUM_CLASSES                         # dense with bias
 )
 
+# CNN-13 at 1/16 of its widths on 28x28 grey images (Fashion-MNIST on a CPU).
+CNN13_SMALL_PARAMS = (
+    wn_conv_bn(3, 1, 8) + 2 * wn_conv_bn(3, 8, 8)           # block 1, one input channel
+    + wn_conv_bn(3, 8, 16) + 2 * wn_conv_bn(3, 16, 16)      # block 2
+    + wn_conv_bn(3, 16, 32)                                 # block 3: conv3x3 valid
+    + wn_conv_bn(1, 32, 16) + wn_conv_bn(1, 16, 8)          # block 3: two conv1x1
+    + 8 * NUM_CLASSES + NUM_CLASSES + NUM_CLASSES           # dense: kernel + bias + WN scale
+)
+
 CASES = [  # name, input shape, expected parameter count
     ("cnn13", (2, 32, 32, 3), CNN13_PARAMS),
+    ("cnn13_small", (2, 28, 28, 1), CNN13_SMALL_PARAMS),
     ("wrn28_2", (2, 32, 32, 3), WRN28_2_PARAMS),
     ("small_cnn", (2, 8, 8, 1), SMALL_CNN_PARAMS),
 ]
@@ -94,10 +111,17 @@ def test_shapes_and_parameter_counts(name, shape, expected):
 
 def test_registry_classes():
     assert isinstance(create_model("cnn13", NUM_CLASSES), CNN13)
+    small = create_model("cnn13_small", NUM_CLASSES)
+    assert isinstance(small, CNN13Small) and small.width == 8
     wrn = create_model("wrn28_2", NUM_CLASSES)
     assert isinstance(wrn, WideResNet) and (wrn.depth, wrn.width) == (28, 2)
     assert wrn.stage_channels == (32, 64, 128)
     assert isinstance(create_model("small_cnn", NUM_CLASSES), SmallCNN)
+
+
+def test_cnn13_small_has_the_documented_parameter_count():
+    """models/cnn13_small.py and the README state it."""
+    assert CNN13_SMALL_PARAMS == 12_844
 
 
 def test_cnn13_weight_norm_has_one_scale_per_output_channel():

@@ -48,12 +48,16 @@ def make_run(meta_grad: str = "jvp", algorithm: str = "meta_semi"):
     config.meta_grad, config.algorithm, config.beta = meta_grad, algorithm, 0.75
     settings = algorithms.settings_from_config(config)
     # An unlabeled loss at full weight from the first step, whatever the recipe says.
-    settings.update({k: v for k, v in (("weight", 10.0), ("rampup_steps", 0)) if k in settings})
+    # fast-SWA: its student average after steps 1 and 2 (from step 0, every step).
+    settings.update({k: v for k, v in (("weight", 10.0), ("rampup_steps", 0),
+                                       ("cycle_start_steps", 1), ("cycle_steps", 1),
+                                       ("average_every_steps", 1)) if k in settings})
     made = ALGORITHMS[algorithm].make(3, **settings)
     state = initial_state(MODEL, OPTIMIZER, jax.random.PRNGKey(1),
                           jnp.zeros((1, 8, 8, 1)))
-    if made.init_state is not None:  # a value per unlabeled pool image
-        state = state.replace(algorithm_state=made.init_state(data.unlabeled_images.shape[0]))
+    if made.init_state is not None:  # a value per unlabeled pool image, or an average
+        state = state.replace(algorithm_state=made.init_state(data.unlabeled_images.shape[0],
+                                                              state.params))
     # flax keeps BatchNorm statistics in float32; the float64 step returns them in
     # float64. Starting from float64 (the same zeros and ones) compiles the step once.
     state = state.replace(batch_stats=to_float64(state.batch_stats),

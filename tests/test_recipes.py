@@ -44,10 +44,14 @@ def test_network_noise_on_a_model_without_it_is_refused_before_compute():
         config_check.check_config(config, 1)
 
 
-@pytest.mark.slow  # two runs compiling Temporal Ensembling's programs (CI runs it)
-def test_a_resumed_temporal_ensembling_run_continues_its_ensemble_exactly(tmp_path):
-    """The ensemble predictions live in the train state, so a run resumed from a
-    checkpoint ends bitwise where the uninterrupted run ends."""
+@pytest.mark.slow  # two runs per algorithm compiling its programs (CI runs it)
+@pytest.mark.parametrize("algorithm", ["temporal_ensembling", "mean_teacher_fast_swa"])
+def test_a_resumed_run_continues_its_algorithm_state_exactly(tmp_path, algorithm):
+    """Temporal Ensembling's ensemble predictions and fast-SWA's weight average live in
+    the train state, so a run resumed from a checkpoint ends bitwise where the
+    uninterrupted run ends, and so does the evaluated model (fast-SWA's average with its
+    recomputed BatchNorm statistics)."""
+    import json
     import shutil
 
     import numpy as np
@@ -56,9 +60,13 @@ def test_a_resumed_temporal_ensembling_run_continues_its_ensemble_exactly(tmp_pa
 
     def config():
         c = load_config("digits", "50")
-        c.algorithm, c.num_train_steps = "temporal_ensembling", 12
+        c.algorithm, c.num_train_steps = algorithm, 12
         c.eval_every_steps = c.checkpoint_every_steps = c.log_every_steps = 6
-        c.temporal_ensembling.rampup_steps = 0  # the ensemble's targets count from step 1
+        c[algorithm].rampup_steps = 0  # the unlabeled loss counts from step 1
+        if algorithm == "mean_teacher_fast_swa":  # cycles of 2 steps after step 4,
+            c.mean_teacher_fast_swa.update({  # the student averaged from step 2 on
+                "lr_decay_steps": 6, "cycle_start_steps": 4, "cycle_steps": 2,
+                "average_every_steps": 1, "bn_batches": 3})
         return c
 
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
@@ -75,10 +83,15 @@ def test_a_resumed_temporal_ensembling_run_continues_its_ensemble_exactly(tmp_pa
         return restored.state
 
     a, b = final_state(whole), final_state(resumed)
-    # Every unlabeled image drawn was counted (restored without a target: a dict).
-    assert np.asarray(a["algorithm_state"]["counts"]).sum() == 12 * 96
+    # Restored without a target, the algorithm state is a dict.
+    if algorithm == "temporal_ensembling":  # every unlabeled image drawn was counted
+        assert np.asarray(a["algorithm_state"]["counts"]).sum() == 12 * 96
+    else:  # the points after steps 2, ..., 12
+        assert int(a["algorithm_state"]["num_points"]) == 11
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
+    results = [json.loads((run / "results.json").read_text()) for run in (whole, resumed)]
+    assert results[0]["test_accuracy"] == results[1]["test_accuracy"]
 
 
 def test_sntg_takes_mean_teachers_recipe_and_follows_its_overrides():

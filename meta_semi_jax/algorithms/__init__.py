@@ -19,6 +19,7 @@ from meta_semi_jax.algorithms import (
     ict,
     l2rw,
     mean_teacher,
+    mean_teacher_fast_swa,
     meta_semi,
     meta_semi_ict,
     mixmatch,
@@ -39,7 +40,8 @@ class Entry(NamedTuple):
 
 
 # Meta-Semi's settings, the top-level config fields of the methods built on it.
-META_SEMI_FIELDS = ("beta", "meta_grad", "teacher_bn_mode", "pseudo_label", "mixup", "weights")
+META_SEMI_FIELDS = ("beta", "meta_grad", "teacher_bn_mode", "pseudo_label", "mixup", "weights",
+                    "log_selection_agreement")
 
 ALGORITHMS: dict[str, Entry] = {
     "supervised": Entry(supervised.make),
@@ -47,6 +49,7 @@ ALGORITHMS: dict[str, Entry] = {
     "pi_model": Entry(pi_model.make),
     "temporal_ensembling": Entry(temporal_ensembling.make),
     "mean_teacher": Entry(mean_teacher.make, ("teacher_bn_mode",)),
+    "mean_teacher_fast_swa": Entry(mean_teacher_fast_swa.make, ("teacher_bn_mode",)),
     "vat": Entry(vat.make),
     "sntg": Entry(sntg.make, ("teacher_bn_mode",)),
     "ict": Entry(ict.make, ("teacher_bn_mode",)),

@@ -12,9 +12,11 @@ from meta_semi_jax.batches import SSLBatch
 from meta_semi_jax.losses import soft_cross_entropy, softmax_mse
 from meta_semi_jax.mixup import Mixed, mixup_with_shuffle
 from meta_semi_jax.models import RNG_STREAMS
+from meta_semi_jax.optim import LRCycles
 from meta_semi_jax.parallel import axis_index, axis_size, gather_global, local_shard
 from meta_semi_jax.rampup import linear_rampup, sigmoid_rampup
 from meta_semi_jax.state import TrainState, model_variables
+from meta_semi_jax.weight_average import FastSWA
 
 
 class Gradients(NamedTuple):
@@ -55,20 +57,28 @@ class Algorithm(NamedTuple):
     passes then draw from ``network_rngs``.
     ema_warmup: the EMA's decay ramps up as ``ema.ema_decay_at`` (ICT's, Meta-Semi's);
     False keeps it at its maximum from the first step (Mean Teacher's CIFAR-10 recipe).
-    init_state: ``pool_size -> the initial TrainState.algorithm_state`` for algorithms
-    that keep values per unlabeled example (they read ``SSLBatch.unlabeled_ids`` and
-    return the new state in ``Gradients.algorithm_state``); None for the others.
+    init_state: ``(pool_size, params) -> the initial TrainState.algorithm_state`` for
+    algorithms that keep state on the devices from step to step: values per unlabeled
+    example (they read ``SSLBatch.unlabeled_ids`` and return the new state in
+    ``Gradients.algorithm_state``) or a weight average; None for the others.
     unmixed_scores: the meta scores of a batch's unlabeled examples against its labeled
     batch with nothing mixed, for the selection diagnostics (``selection.py``); None for
     the methods without meta scores.
+    lr_cycles: the learning-rate cycles the algorithm trains with
+    (``optim.learning_rate_schedule``); None: the config's ``lr_schedule``.
+    weight_average: fast-SWA's average of the student's weights, updated after each
+    step (``step.train_step``) in ``TrainState.algorithm_state`` and evaluated in place
+    of the EMA model (``build.Training.evaluated``); None: the EMA model is evaluated.
     """
     gradients: GradientFn
     unlabeled_views: int = 1
     assumption_terms: AssumptionTerms | None = None
     noisy_network: bool = False
     ema_warmup: bool = True
-    init_state: Callable[[int], Any] | None = None
+    init_state: Callable[[int, Any], Any] | None = None
     unmixed_scores: UnmixedScores | None = None
+    lr_cycles: LRCycles | None = None
+    weight_average: FastSWA | None = None
 
 
 def pmean_if(tree: Any, axis_name: str | None) -> Any:
@@ -106,6 +116,21 @@ def forward_train(state: TrainState, params: Any, inputs: jax.Array, batch_stats
                                      train=True, mutable=["batch_stats"],
                                      rngs=network_rngs(rng))
     return logits, updates.get("batch_stats", stats)
+
+
+def forward_with_features(state: TrainState, params: Any, inputs: jax.Array,
+                          rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array, Any]:
+    """``(logits, features, batch_stats)`` of a train-mode pass (``common.forward_train``'s,
+    plus the features the model sows as ``intermediates/features``, at least float32)."""
+    logits, updates = state.apply_fn(model_variables(params, state.batch_stats), inputs,
+                                     train=True, mutable=["batch_stats", "intermediates"],
+                                     rngs=network_rngs(rng))
+    sown = updates.get("intermediates", {}).get("features")
+    if sown is None:
+        raise ValueError("this method needs a model that sows its penultimate features "
+                         "(self.sow('intermediates', 'features', h)); see models/__init__.py")
+    (features,) = sown
+    return logits, at_least_float32(features), updates.get("batch_stats", state.batch_stats)
 
 
 def global_mean(values: jax.Array, axis_name: str | None) -> jax.Array:

@@ -13,9 +13,10 @@ from meta_semi_jax.meta import MetaGradMethod, l2rw_weights
 
 def make(num_classes: int, *, beta: float, meta_grad: MetaGradMethod = "jvp",
          teacher_bn_mode: str = "train", pseudo_label: str = "soft",
-         mixup: str = "both") -> Algorithm:
+         mixup: str = "both", log_selection_agreement: bool = False) -> Algorithm:
     """Meta-Semi's ``make`` (its arguments, ``meta_semi.Settings``) with Learning to
     Reweight's weights instead of ``weights``."""
     return meta_semi.reweighting(
-        meta_semi.Settings(num_classes, beta, meta_grad, teacher_bn_mode, pseudo_label, mixup),
+        meta_semi.Settings(num_classes, beta, meta_grad, teacher_bn_mode, pseudo_label, mixup,
+                           log_selection_agreement),
         l2rw_weights)

@@ -33,6 +33,7 @@ from meta_semi_jax.algorithms.common import (
     UnmixedScores,
     at_least_float32,
     forward_train,
+    forward_with_features,
     per_example_loss_fn,
     per_example_losses_and_stats,
     pmean_if,
@@ -40,10 +41,12 @@ from meta_semi_jax.algorithms.common import (
     psum_if,
     teacher_on_clean_images,
 )
+from meta_semi_jax.losses import soft_cross_entropy
 from meta_semi_jax.meta import (
     MetaGradMethod,
     Scored,
     labeled_gradient,
+    last_layer_scores,
     loss_coefficients,
     meta_weights,
     score_unlabeled,
@@ -81,22 +84,26 @@ class Settings:
     meta_grad: how the scores are computed (``meta.META_GRAD_METHODS``).
     teacher_bn_mode: ``"train"`` normalises the EMA teacher with the unlabeled batch's
     statistics when it makes pseudo labels (ICT's code does this), ``"eval"`` with its
-    running averages. pseudo_label, mixup: Table 5's switches (module docstring)."""
+    running averages. pseudo_label, mixup: Table 5's switches (module docstring).
+    log_selection_agreement: with a cheaper ``meta_grad``, also compute the exact
+    (``jvp``) scores and log the share of U~ whose Eq. (9) weight they agree on."""
     num_classes: int
     beta: float
     meta_grad: MetaGradMethod = "jvp"
     teacher_bn_mode: str = "train"
     pseudo_label: str = "soft"
     mixup: str = "both"
+    log_selection_agreement: bool = False
 
 
 def make(num_classes: int, *, beta: float, meta_grad: MetaGradMethod = "jvp",
          teacher_bn_mode: str = "train", pseudo_label: str = "soft", mixup: str = "both",
-         weights: str = "meta") -> Algorithm:
+         weights: str = "meta", log_selection_agreement: bool = False) -> Algorithm:
     """Meta-Semi; the defaults of the switches are the full method (``Settings`` says
     what each argument does; ``weights`` picks a rule of ``WEIGHT_RULES``). It also
     offers the two sides of Assumption 1 for the ``log_assumption_ratio`` diagnostic."""
-    settings = Settings(num_classes, beta, meta_grad, teacher_bn_mode, pseudo_label, mixup)
+    settings = Settings(num_classes, beta, meta_grad, teacher_bn_mode, pseudo_label, mixup,
+                        log_selection_agreement)
     rule = WEIGHT_RULES[weights]
 
     def terms(state: TrainState, batch: SSLBatch, key: jax.Array,
@@ -162,13 +169,48 @@ def scored_mix(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Set
                targets_u: jax.Array, axis_name: str | None = None) -> tuple[jax.Array, Scored]:
     """Steps 2-3: X~ and U~ of ``mixed_batches`` and Eq. (10)'s scores of U~ against
     X~'s ``g_X`` (``labeled_direction``), with U~'s losses and their pullback
-    (``meta.score_unlabeled``). Returns this device's sum of X~'s losses and the
-    ``Scored`` of its share of U~."""
+    (``meta.score_unlabeled``, or ``last_layer_scored``). Returns this device's sum of
+    X~'s losses and the ``Scored`` of its share of U~."""
     mixed_x, mixed_u = mixed_batches(batch, key, settings, targets_u, axis_name)
+    if settings.meta_grad == "last_layer":
+        return last_layer_scored(state, mixed_x, mixed_u, axis_name)
     labeled_sum, g_x = labeled_direction(state, mixed_x, axis_name)
     return labeled_sum, score_unlabeled(
         settings.meta_grad, per_example_losses_and_stats(state), state.params, tuple(mixed_x),
         tuple(mixed_u), g_x, axis_name=axis_name)
+
+
+def last_layer_scored(state: TrainState, mixed_x: Mixed, mixed_u: Mixed,
+                      axis_name: str | None = None) -> tuple[jax.Array, Scored]:
+    """Step 3 with ``meta_grad='last_layer'`` (``meta.last_layer_scores``): a forward pass
+    of X~ without a backward pass, and U~'s forward pass, whose logits and penultimate
+    features give the scores and whose pullback gives the update. Returns what
+    ``scored_mix`` returns."""
+    logits_x, features_x, _ = forward_with_features(state, state.params, mixed_x.inputs)
+    labeled_sum = jnp.sum(soft_cross_entropy(logits_x, mixed_x.targets))
+
+    def unlabeled(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array]]:
+        logits, features, batch_stats = forward_with_features(state, params, mixed_u.inputs)
+        return soft_cross_entropy(logits, mixed_u.targets), (batch_stats, logits, features)
+
+    losses, pullback, (batch_stats, logits_u, features_u) = jax.vjp(
+        unlabeled, state.params, has_aux=True)
+    scores = last_layer_scores(at_least_float32(logits_u), mixed_u.targets, features_u,
+                               at_least_float32(logits_x), mixed_x.targets, features_x,
+                               axis_name)
+    return labeled_sum, Scored(losses, lax.stop_gradient(scores),
+                               lambda coefficients: pullback(coefficients)[0], batch_stats)
+
+
+def selection_agreement(state: TrainState, batch: SSLBatch, key: jax.Array,
+                        settings: Settings, targets_u: jax.Array, scores: jax.Array,
+                        axis_name: str | None = None) -> jax.Array:
+    """The share of U~ (global mean) whose Eq. (9) weight ``[s_j >= 0]`` from ``scores``
+    equals the weight from the exact ``jvp`` scores of the same X~ and U~."""
+    exact = dataclasses.replace(settings, meta_grad="jvp")
+    _, scored = scored_mix(state, batch, key, exact, targets_u, axis_name)
+    agree = (meta_weights(scores) == meta_weights(scored.scores)).astype(jnp.float32)
+    return pmean_if(jnp.mean(agree), axis_name)
 
 
 def unmixed_scores(state: TrainState, batch: SSLBatch, settings: Settings,
@@ -249,7 +291,8 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Sett
     weight), ``labeled_loss`` (mean loss on X~), ``mean_score``, and with
     ``batch.hidden_labels`` the counts of ``pseudo_label_diagnostics`` (``count/...``),
     each example of U~ credited to its dominant component, which the training loop
-    sums between evaluations.
+    sums between evaluations; with ``settings.log_selection_agreement``,
+    ``selection_agreement`` (``selection_agreement``).
     """
     clean = teacher(state, batch, settings)
     targets_u = pseudo_targets(clean.logits, settings)
@@ -268,6 +311,9 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Sett
                "selected": pmean_if(jnp.mean(selected), axis_name),
                "labeled_loss": pmean_if(labeled_sum / batch.labels.shape[0], axis_name),
                "mean_score": pmean_if(jnp.mean(scores), axis_name)}
+    if settings.log_selection_agreement:
+        metrics["selection_agreement"] = selection_agreement(
+            state, batch, key, settings, targets_u, scores, axis_name)
     if batch.hidden_labels is not None:
         dominant = local_shard(shuffles(batch, key, settings, axis_name)[1].dominant(),
                                axis_name)

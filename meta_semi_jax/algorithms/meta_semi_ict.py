@@ -22,7 +22,8 @@ from meta_semi_jax.state import TrainState
 
 def make(num_classes: int, *, alpha: float, weight: float, rampup_steps: int, beta: float,
          meta_grad: MetaGradMethod = "jvp", teacher_bn_mode: str = "train",
-         pseudo_label: str = "soft", mixup: str = "both", weights: str = "meta") -> Algorithm:
+         pseudo_label: str = "soft", mixup: str = "both", weights: str = "meta",
+         log_selection_agreement: bool = False) -> Algorithm:
     """Meta-Semi's ``make`` (``beta`` ... ``weights``) plus ICT's consistency term with
     Beta(alpha, alpha) and weight ``weight`` ramped up over ``rampup_steps``."""
     def consistency(state: TrainState, batch: SSLBatch, teacher_logits: jax.Array,
@@ -31,5 +32,6 @@ def make(num_classes: int, *, alpha: float, weight: float, rampup_steps: int, be
                                     alpha=alpha, weight=weight, rampup_steps=rampup_steps,
                                     axis_name=axis_name)
     return meta_semi.reweighting(
-        meta_semi.Settings(num_classes, beta, meta_grad, teacher_bn_mode, pseudo_label, mixup),
+        meta_semi.Settings(num_classes, beta, meta_grad, teacher_bn_mode, pseudo_label, mixup,
+                           log_selection_agreement),
         meta_semi.WEIGHT_RULES[weights], extra_loss=consistency)

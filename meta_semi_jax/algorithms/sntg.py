@@ -53,36 +53,20 @@ from meta_semi_jax.algorithms.common import (
     Algorithm,
     Gradients,
     SSLBatch,
-    at_least_float32,
     device_key,
+    forward_with_features,
     global_mean,
     gradients_of,
-    network_rngs,
     psum_if,
     ramped_weight,
     teacher_on_clean_images,
 )
 from meta_semi_jax.losses import soft_cross_entropy, softmax_mse
 from meta_semi_jax.parallel import axis_size, gather_global
-from meta_semi_jax.state import TrainState, model_variables
+from meta_semi_jax.state import TrainState
 
 # Folded into the step's key for the pairs: no device index (``device_key``) reaches it.
 PAIRS_STREAM = 0x5A7E
-
-
-def forward_with_features(state: TrainState, params: Any, inputs: jax.Array,
-                          rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array, Any]:
-    """``(logits, features, batch_stats)`` of a train-mode pass (``common.forward_train``'s,
-    plus the features the model sows as ``intermediates/features``, at least float32)."""
-    logits, updates = state.apply_fn(model_variables(params, state.batch_stats), inputs,
-                                     train=True, mutable=["batch_stats", "intermediates"],
-                                     rngs=network_rngs(rng))
-    sown = updates.get("intermediates", {}).get("features")
-    if sown is None:
-        raise ValueError("SNTG needs a model that sows its penultimate features "
-                         "(self.sow('intermediates', 'features', h)); see models/__init__.py")
-    (features,) = sown
-    return logits, at_least_float32(features), updates.get("batch_stats", state.batch_stats)
 
 
 def neighbour_pairs(key: jax.Array, num_nodes: int) -> tuple[jax.Array, jax.Array]:

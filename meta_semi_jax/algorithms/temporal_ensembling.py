@@ -84,4 +84,4 @@ def make(num_classes: int, *, weight: float, rampup_steps: int, momentum: float,
             algorithm_state=lambda probs: updated_ensemble(ensemble, ids, probs, momentum,
                                                            axis_name))
     return Algorithm(gradients, noisy_network=noisy_network,
-                     init_state=lambda pool_size: initial_ensemble(pool_size, num_classes))
+                     init_state=lambda pool_size, params: initial_ensemble(pool_size, num_classes))

@@ -1,7 +1,8 @@
 """Datasets and the semi-supervised split, as host arrays ready to be put on the device.
 
 ``dataset_facts`` reads a dataset's class count and image shape from metadata alone
-(for the checks that run before anything else); ``load_raw`` reads the arrays;
+(for the checks that run before anything else); ``load_raw`` reads the arrays (tfds,
+Fashion-MNIST's IDX files, or the user's own ``npz:``/``folder:`` data);
 ``split_dataset`` applies the SSL protocol of Appendix C.
 """
 from __future__ import annotations
@@ -11,12 +12,12 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from meta_semi_jax.data import digits, stl10_folds, tfds_data
+from meta_semi_jax.data import digits, fashion_mnist, stl10_folds, tfds_data, user_data
 from meta_semi_jax.data.split import SplitIndices, fold_split, max_labels_per_class, ssl_split
 from meta_semi_jax.data.tfds_data import DataError
 
-BUILTIN_DATASETS: tuple[str, ...] = ("digits", *tfds_data.PAPER_SOURCES)
-DATASET_CHOICES = ", ".join(BUILTIN_DATASETS) + ", tfds:<name>"
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", *tfds_data.TFDS_SOURCES)
+DATASET_CHOICES = ", ".join(BUILTIN_DATASETS) + ", tfds:<name>, npz:<path>, folder:<dir>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,10 @@ class SSLData:
 
 
 def is_known_dataset(dataset: str) -> bool:
-    return dataset in BUILTIN_DATASETS or dataset.startswith(tfds_data.TFDS_PREFIX)
+    """A built-in dataset's name, ``tfds:<name>``, ``npz:<path>`` or ``folder:<dir>``."""
+    return (dataset in BUILTIN_DATASETS or user_data.is_user_dataset(dataset)
+            or (dataset.startswith(tfds_data.TFDS_PREFIX)
+                and len(dataset) > len(tfds_data.TFDS_PREFIX)))
 
 
 def _source(config: ml_collections.ConfigDict) -> tfds_data.TfdsSource:
@@ -58,9 +62,14 @@ def _source(config: ml_collections.ConfigDict) -> tfds_data.TfdsSource:
 
 
 def dataset_facts(config: ml_collections.ConfigDict) -> tuple[int, tuple[int, ...]]:
-    """(number of classes, image shape) of ``config.dataset``, from metadata only."""
+    """(number of classes, image shape) of ``config.dataset``, from metadata only (a
+    user's ``npz:`` archive is read and checked, a ``folder:``'s image headers)."""
     if config.dataset == "digits":
         return digits.NUM_CLASSES, digits.IMAGE_SHAPE
+    if config.dataset == fashion_mnist.NAME:
+        return fashion_mnist.NUM_CLASSES, fashion_mnist.IMAGE_SHAPE
+    if user_data.is_user_dataset(config.dataset):
+        return user_data.facts(config.dataset)
     return tfds_data.image_classification_info(config.dataset, _source(config),
                                                config.data_dir)
 
@@ -70,6 +79,10 @@ def load_raw(config: ml_collections.ConfigDict) -> RawDataset:
     if config.dataset == "digits":
         train_x, train_y, test_x, test_y = digits.load_digits_arrays()
         return RawDataset(train_x, train_y, test_x, test_y, digits.NUM_CLASSES)
+    if user_data.is_user_dataset(config.dataset):
+        return RawDataset(*user_data.read(config.dataset))
+    if config.dataset == fashion_mnist.NAME:
+        return load_fashion_mnist(config)
     source = _source(config)
     num_classes, _ = dataset_facts(config)
     train_x, train_y = tfds_data.read_split(config.dataset, source, source.train_split,
@@ -81,6 +94,25 @@ def load_raw(config: ml_collections.ConfigDict) -> RawDataset:
         extra, _ = tfds_data.read_split(config.dataset, source, source.extra_unlabeled_split,
                                         config.data_dir)
     return RawDataset(train_x, train_y, test_x, test_y, num_classes, extra)
+
+
+def load_fashion_mnist(config: ml_collections.ConfigDict) -> RawDataset:
+    """Fashion-MNIST from its IDX files where ``fashion_mnist.idx_dir`` holds them, else
+    through tfds."""
+    directory = fashion_mnist.idx_dir(config.data_dir)
+    if fashion_mnist.has_idx_files(directory):
+        return RawDataset(*fashion_mnist.read_idx_split(directory, "train"),
+                          *fashion_mnist.read_idx_split(directory, "test"),
+                          fashion_mnist.NUM_CLASSES)
+    source = _source(config)
+    try:
+        train_x, train_y = tfds_data.read_split(config.dataset, source, source.train_split,
+                                                config.data_dir)
+        test_x, test_y = tfds_data.read_split(config.dataset, source, source.test_split,
+                                              config.data_dir)
+    except DataError as e:
+        raise DataError(fashion_mnist.missing_message(directory, str(e))) from None
+    return RawDataset(train_x, train_y, test_x, test_y, fashion_mnist.NUM_CLASSES)
 
 
 def channel_mean_std(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from meta_semi_jax.data import is_known_dataset, stl10_folds, tfds_data
+from meta_semi_jax.data import stl10_folds, tfds_data
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "tfds data directory (default: tfds').")
 USAGE = "usage: python -m meta_semi_jax.data prepare <dataset> [--data_dir=DIR]"
@@ -39,9 +39,9 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) != 3 or argv[1] != "prepare":
         sys.exit(USAGE)
     dataset = argv[2]
-    if dataset == "digits" or not is_known_dataset(dataset):
+    if not tfds_data.is_tfds_dataset(dataset):
         sys.exit(f"error: {dataset!r} is not a tfds dataset this program reads; choose one of "
-                 f"{', '.join(tfds_data.PAPER_SOURCES)}, tfds:<name>")
+                 f"{', '.join(tfds_data.TFDS_SOURCES)}, tfds:<name>")
     prepare(dataset, tfds_data.resolve_data_dir(_DATA_DIR.value))
 
 

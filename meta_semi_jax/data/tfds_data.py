@@ -36,16 +36,20 @@ PAPER_SOURCES: dict[str, TfdsSource] = {
     "svhn": TfdsSource("svhn_cropped"),
     "stl10": TfdsSource("stl10", extra_unlabeled_split="unlabelled"),
 }
+# Every dataset this program reads through tfds by its own name; Fashion-MNIST is also
+# read from its IDX files (data/fashion_mnist.py).
+TFDS_SOURCES: dict[str, TfdsSource] = {**PAPER_SOURCES,
+                                       "fashion_mnist": TfdsSource("fashion_mnist")}
 
 
 def is_tfds_dataset(dataset: str) -> bool:
-    return dataset in PAPER_SOURCES or dataset.startswith(TFDS_PREFIX)
+    return dataset in TFDS_SOURCES or dataset.startswith(TFDS_PREFIX)
 
 
 def tfds_source(dataset: str, train_split: str = "train", test_split: str = "test") -> TfdsSource:
-    """The source of a paper dataset, or of ``tfds:<name>`` with the user's split names."""
-    if dataset in PAPER_SOURCES:
-        return PAPER_SOURCES[dataset]
+    """The source of a named dataset, or of ``tfds:<name>`` with the user's split names."""
+    if dataset in TFDS_SOURCES:
+        return TFDS_SOURCES[dataset]
     return TfdsSource(dataset[len(TFDS_PREFIX):], train_split, test_split)
 
 

@@ -1,5 +1,5 @@
-"""The model zoo: ICT's CNN-13, MixMatch's WRN-28-2 (with four stages for STL-10) and a
-small CNN for 8x8 digits.
+"""The model zoo: ICT's CNN-13 (and a CPU-sized one for 28x28 Fashion-MNIST), MixMatch's
+WRN-28-2 (with four stages for STL-10) and a small CNN for 8x8 digits.
 
 Every model is a flax module called as ``model.apply(variables, x, train=...)`` on NHWC
 float images, with a ``batch_stats`` collection that ``train=True`` updates. Each sows
@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from meta_semi_jax.models.cnn13 import CNN13
+from meta_semi_jax.models.cnn13_small import CNN13Small
 from meta_semi_jax.models.noise import DROPOUT_RATE, INPUT_NOISE, RNG_STREAMS
 from meta_semi_jax.models.small import SmallCNN
 from meta_semi_jax.models.wrn import WideResNet
@@ -23,6 +24,7 @@ from meta_semi_jax.models.wrn import WideResNet
 # name -> constructor taking (num_classes, *, axis_name, dtype)
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn13": CNN13,
+    "cnn13_small": CNN13Small,  # Fashion-MNIST on a CPU: CNN-13 at 1/16 of its widths
     "wrn28_2": functools.partial(WideResNet, depth=28, width=2),
     # MixMatch's STL-10 network (runs/table2.sh: --scales=4): a fourth, 256-channel stage.
     "wrn28_2_scales4": functools.partial(WideResNet, depth=28, width=2, num_stages=4),
@@ -31,7 +33,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 # Models that take the Pi-model's and Mean Teacher's network noise (models/noise.py).
-NOISY_MODELS: tuple[str, ...] = ("cnn13", "small_cnn")
+NOISY_MODELS: tuple[str, ...] = ("cnn13", "cnn13_small", "small_cnn")
 
 
 def create_model(name: str, num_classes: int, *, axis_name: str | None = None,
@@ -48,5 +50,5 @@ def create_model(name: str, num_classes: int, *, axis_name: str | None = None,
     return MODELS[name](num_classes=num_classes, axis_name=axis_name, dtype=dtype, **noise)
 
 
-__all__ = ["CNN13", "MODELS", "NOISY_MODELS", "RNG_STREAMS", "SmallCNN", "WideResNet",
+__all__ = ["CNN13", "CNN13Small", "MODELS", "NOISY_MODELS", "RNG_STREAMS", "SmallCNN", "WideResNet",
            "create_model"]

@@ -58,6 +58,8 @@ class CNN13(nn.Module):
       axis_name: mapped axis over which every BatchNorm averages its batch statistics
         (synchronised BatchNorm); ``None`` for per-device statistics.
       dtype: computation dtype; parameters stay float32.
+      width: channels of block 1; block 2 has twice as many, block 3's convolutions
+        4, 2 and 1 times as many (128: ICT's network).
       input_noise: std of the Gaussian noise added to the input in train mode (rng
         ``"noise"``); dropout_rate: dropout after each max-pool in train mode (rng
         ``"dropout"``). Both 0 (off) for Meta-Semi.
@@ -66,27 +68,30 @@ class CNN13(nn.Module):
     num_classes: int
     axis_name: str | None = None
     dtype: Any = jnp.float32
+    width: int = 128
     input_noise: float = 0.0
     dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        w = self.width
+
         def conv(features: int, kernel_size: int, padding: str, name: str) -> WNConvBNAct:
             return WNConvBNAct(features, kernel_size, padding, axis_name=self.axis_name,
                                dtype=self.dtype, name=name)
 
         x = add_input_noise(self, x, self.input_noise, train).astype(self.dtype)
         for name in ("conv1a", "conv1b", "conv1c"):
-            x = conv(128, 3, "SAME", name)(x, train)
+            x = conv(w, 3, "SAME", name)(x, train)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         for name in ("conv2a", "conv2b", "conv2c"):
-            x = conv(256, 3, "SAME", name)(x, train)
+            x = conv(2 * w, 3, "SAME", name)(x, train)
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = conv(512, 3, "VALID", "conv3a")(x, train)
-        x = conv(256, 1, "VALID", "conv3b")(x, train)
-        x = conv(128, 1, "VALID", "conv3c")(x, train)
+        x = conv(4 * w, 3, "VALID", "conv3a")(x, train)
+        x = conv(2 * w, 1, "VALID", "conv3b")(x, train)
+        x = conv(w, 1, "VALID", "conv3c")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         self.sow("intermediates", "features", x)  # read by feature-based losses (SNTG)
         x = nn.WeightNorm(nn.Dense(self.num_classes, dtype=self.dtype, name="fc"),
