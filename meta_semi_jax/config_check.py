@@ -14,7 +14,7 @@ from meta_semi_jax import algorithms
 from meta_semi_jax.algorithms import ALGORITHMS
 from meta_semi_jax.config_fields import FIELDS
 from meta_semi_jax.data import DATASET_CHOICES, is_known_dataset
-from meta_semi_jax.models import NOISY_MODELS
+from meta_semi_jax.models import NOISY_MODELS, model_constructor
 
 
 class ConfigError(ValueError):
@@ -56,6 +56,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises ``ConfigError`` for the first field whose value cannot be run; needs no data."""
     if not is_known_dataset(config.dataset):
         raise _fail(config, "dataset", "choose one of " + DATASET_CHOICES)
+    try:
+        model_constructor(config.model)
+    except ValueError as e:
+        raise _fail(config, "model", str(e)) from None
     for name, field in FIELDS.items():
         if field.allowed is not None and not field.allowed.allows(config[name]):
             raise _fail(config, name, field.allowed.describe())

@@ -16,7 +16,6 @@ from meta_semi_jax.algorithms import ALGORITHMS
 from meta_semi_jax.algorithms.meta_semi import MIXUP_MODES, PSEUDO_LABELS, WEIGHT_RULES
 from meta_semi_jax.augment import PAD_MODES
 from meta_semi_jax.meta import META_GRAD_METHODS
-from meta_semi_jax.models import MODELS
 from meta_semi_jax.optim import LR_SCHEDULES, OPTIMIZERS
 from meta_semi_jax.parallel import PARALLEL_MODES, PLACEMENTS
 
@@ -47,7 +46,8 @@ class Range:
 
 
 # Values whose only requirement is their type (checked by ml_collections on override),
-# or that another check handles (the dataset's name, which needs the data module).
+# or that another check handles (the dataset's name, which needs the data module; the
+# model's, which may import the user's module).
 ANY = None
 
 POSITIVE = Range(lambda v: v > 0, "a positive integer")
@@ -69,8 +69,10 @@ FIELDS: dict[str, Field] = {
     # What to train.
     "algorithm": Field("meta_semi", Choice(ALGORITHMS), True,
                        "see meta_semi_jax.algorithms.ALGORITHMS"),
-    "model": Field("small_cnn", Choice(MODELS), True,
-                   "small_cnn | cnn13 | cnn13_small | wrn28_2 | wrn28_2_scales4"),
+    "model": Field("small_cnn", ANY, True,
+                   "small_cnn | cnn13 | cnn13_small | wrn28_2 | wrn28_2_scales4 | "
+                   "package.module:ClassName (checked by config_check with the models "
+                   "module)"),
     "dataset": Field("digits", ANY, True, "digits | fashion_mnist | cifar10 | cifar100 | "
                      "svhn | stl10 | tfds:<name> | npz:<path> | folder:<dir> (checked by "
                      "config_check with the data module)"),

@@ -45,7 +45,10 @@ from meta_semi_jax.models import create_model
 from meta_semi_jax.parallel import AXIS, DataParallel, local_shard
 from meta_semi_jax.state import TrainState
 
-COUNTED = ("pseudo_label", "selected_pseudo_label", "rejected_pseudo_label")
+# selection_agreement: a cheaper meta_grad's Eq. (9) selections that the exact score
+# shares (``log_selection_agreement``); its "accuracy" is the agreement in %.
+COUNTED = ("pseudo_label", "selected_pseudo_label", "rejected_pseudo_label",
+           "selection_agreement")
 
 
 def accuracies(counts: dict[str, int]) -> dict[str, float | None]:

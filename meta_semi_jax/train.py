@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from meta_semi_jax import checkpoint, config_check, run_dir
+from meta_semi_jax import checkpoint, config_check, model_card, run_dir
 from meta_semi_jax.build import load_checked_data
 from meta_semi_jax.loop import run_training
 
@@ -26,7 +26,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        quiet_checkpoint_reads: Callable[[], AbstractContextManager[Any]]
                        = contextlib.nullcontext) -> dict[str, Any]:
     """Checks ``config``, loads and splits its data, and trains and evaluates it, writing
-    ``split.json``, ``config.json``, ``environment.json``, ``metrics.jsonl``, checkpoints
+    ``split.json``, ``config.json``, ``environment.json``, ``model.json``
+    (``model_card``), ``metrics.jsonl``, checkpoints
     and ``results.json`` to ``workdir``. A workdir with checkpoints resumes from the
     latest complete one; its first read runs inside ``quiet_checkpoint_reads()``.
 
@@ -43,6 +44,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         run_dir.write_json(workdir, "split.json", ssl.split.record(), indent=None)
         run_dir.write_json(workdir, "config.json", json.loads(config.to_json_best_effort()))
         run_dir.write_json(workdir, "environment.json", run_dir.environment())
+        model_card.write_model_json(workdir, model_card.card_for_run(config, ssl))
         return run_training(config, workdir, ssl, manager, start)
     finally:
         manager.wait_until_finished()

@@ -265,7 +265,8 @@ def test_cheaper_scores_are_exact_on_a_linear_model(problem, meta_grad):
                                  "log_selection_agreement": True}, problem, reference)
     assert float(result.metrics["selected"]) == pytest.approx(float(jnp.mean(expected_w)))
     assert 0 < float(jnp.mean(expected_w)) < 1
-    assert float(result.metrics["selection_agreement"]) == 1.0
+    agreeing = result.metrics["count/selection_agreement_correct"]
+    assert int(agreeing) == int(result.metrics["count/selection_agreement_known"]) == N_L + N_U
 
 
 def test_l2rw(problem):

@@ -1,5 +1,8 @@
-"""The README's use of the API with a user's own Flax model, with and without BatchNorm."""
+"""The README's use of the API with a user's own Flax model, with and without BatchNorm,
+and the program's ``--config.model=package.module:ClassName``."""
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -9,6 +12,10 @@ import optax
 import pytest
 
 import meta_semi_jax as ms
+from meta_semi_jax import config_check, export, model_card, train
+from meta_semi_jax.config_check import ConfigError
+from tests.run_files import load_config
+from tests.tiny_models import ConvBatchNormNet
 
 
 class MLPWithoutBatchNorm(nn.Module):
@@ -56,3 +63,55 @@ def test_jitted_train_step_with_a_user_model(model_cls, algorithm):
         assert 0.0 <= float(metrics["selected"]) <= 1.0
     if model_cls is MLPWithoutBatchNorm:
         assert new_state.batch_stats == {}
+
+
+class WithoutTrainArgument(nn.Module):
+    """The constructor's fields, but called as ``__call__(x)``: refused."""
+    num_classes: int
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+
+TINY_MODEL = "tests.tiny_models:ConvBatchNormNet"
+
+
+def test_the_program_trains_a_model_named_by_its_import_path(tmp_path):
+    config = load_config("digits", "50")
+    config.model = TINY_MODEL
+    config.num_train_steps = config.eval_every_steps = config.checkpoint_every_steps = 2
+    config.log_every_steps, config.selection_probe_size = 2, 0
+    config.algorithm = "supervised"  # the cheapest step to compile; the model is tested
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["model"] == TINY_MODEL
+    assert model_card.read_model_json(str(tmp_path)).model == TINY_MODEL
+    _, variables = export.latest_ema_variables(str(tmp_path))
+    init = jax.jit(ConvBatchNormNet(num_classes=10).init, static_argnames="train")
+    expected = init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
+    assert jax.tree.structure(variables) == jax.tree.structure(expected)
+
+
+# (config.model, words of the one-line refusal)
+BAD_MODELS = [
+    ("tests.no_such_module:Net", "module 'tests.no_such_module' cannot be imported"),
+    ("tests.tiny_models:NoSuchNet", "has no Flax module class 'NoSuchNet'"),
+    ("numpy:ndarray", "has no Flax module class 'ndarray'"),
+    ("tests.test_user_model:MLPWithoutBatchNorm", "has no field axis_name, dtype"),
+    ("tests.test_user_model:WithoutTrainArgument", "has no argument 'train'"),
+    ("tests.tiny_models:", "package.module:ClassName"),
+    ("resnet50", "no model is named 'resnet50'; choose one of cnn13"),
+]
+
+
+@pytest.mark.parametrize("path, words", BAD_MODELS, ids=[path for path, _ in BAD_MODELS])
+def test_a_model_path_without_the_convention_is_refused_in_one_line(path, words):
+    config = load_config("digits", "50")
+    config.model = path
+    with pytest.raises(ConfigError) as error:
+        config_check.check_config(config, num_devices=1)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"config.model={path!r}")
+    assert words in message, message

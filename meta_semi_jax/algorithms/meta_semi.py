@@ -26,6 +26,7 @@ import optax
 from jax import lax
 
 from meta_semi_jax.algorithms.common import (
+    COUNT_PREFIX,
     Algorithm,
     Gradients,
     SSLBatch,
@@ -204,13 +205,17 @@ def last_layer_scored(state: TrainState, mixed_x: Mixed, mixed_u: Mixed,
 
 def selection_agreement(state: TrainState, batch: SSLBatch, key: jax.Array,
                         settings: Settings, targets_u: jax.Array, scores: jax.Array,
-                        axis_name: str | None = None) -> jax.Array:
-    """The share of U~ (global mean) whose Eq. (9) weight ``[s_j >= 0]`` from ``scores``
-    equals the weight from the exact ``jvp`` scores of the same X~ and U~."""
+                        axis_name: str | None = None) -> dict[str, jax.Array]:
+    """How many examples of U~ (global) get the same Eq. (9) weight ``[s_j >= 0]`` from
+    ``scores`` as from the exact ``jvp`` scores of the same X~ and U~, as the counts
+    ``count/selection_agreement_correct`` (agreeing) and ``..._known`` (all), which the
+    training loop sums between evaluations (``selection.SelectionCounts``)."""
     exact = dataclasses.replace(settings, meta_grad="jvp")
     _, scored = scored_mix(state, batch, key, exact, targets_u, axis_name)
-    agree = (meta_weights(scores) == meta_weights(scored.scores)).astype(jnp.float32)
-    return pmean_if(jnp.mean(agree), axis_name)
+    agree = jnp.sum(meta_weights(scores) == meta_weights(scored.scores), dtype=jnp.int32)
+    return {f"{COUNT_PREFIX}selection_agreement_correct": psum_if(agree, axis_name),
+            f"{COUNT_PREFIX}selection_agreement_known": psum_if(
+                jnp.asarray(scores.shape[0], jnp.int32), axis_name)}
 
 
 def unmixed_scores(state: TrainState, batch: SSLBatch, settings: Settings,
@@ -291,8 +296,9 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Sett
     weight), ``labeled_loss`` (mean loss on X~), ``mean_score``, and with
     ``batch.hidden_labels`` the counts of ``pseudo_label_diagnostics`` (``count/...``),
     each example of U~ credited to its dominant component, which the training loop
-    sums between evaluations; with ``settings.log_selection_agreement``,
-    ``selection_agreement`` (``selection_agreement``).
+    sums between evaluations; with ``settings.log_selection_agreement``, the counts of
+    ``selection_agreement``, logged at each evaluation as ``selection_agreement_accuracy``
+    (% of U~'s examples whose selection the exact score shares).
     """
     clean = teacher(state, batch, settings)
     targets_u = pseudo_targets(clean.logits, settings)
@@ -312,8 +318,8 @@ def gradients(state: TrainState, batch: SSLBatch, key: jax.Array, settings: Sett
                "labeled_loss": pmean_if(labeled_sum / batch.labels.shape[0], axis_name),
                "mean_score": pmean_if(jnp.mean(scores), axis_name)}
     if settings.log_selection_agreement:
-        metrics["selection_agreement"] = selection_agreement(
-            state, batch, key, settings, targets_u, scores, axis_name)
+        metrics.update(selection_agreement(state, batch, key, settings, targets_u, scores,
+                                           axis_name))
     if batch.hidden_labels is not None:
         dominant = local_shard(shuffles(batch, key, settings, axis_name)[1].dominant(),
                                axis_name)

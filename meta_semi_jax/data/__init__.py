@@ -13,8 +13,8 @@ import ml_collections
 import numpy as np
 
 from meta_semi_jax.data import digits, fashion_mnist, stl10_folds, tfds_data, user_data
+from meta_semi_jax.data.errors import DataError
 from meta_semi_jax.data.split import SplitIndices, fold_split, max_labels_per_class, ssl_split
-from meta_semi_jax.data.tfds_data import DataError
 
 BUILTIN_DATASETS: tuple[str, ...] = ("digits", *tfds_data.TFDS_SOURCES)
 DATASET_CHOICES = ", ".join(BUILTIN_DATASETS) + ", tfds:<name>, npz:<path>, folder:<dir>"

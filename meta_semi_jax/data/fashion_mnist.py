@@ -13,12 +13,15 @@ import os
 
 import numpy as np
 
+from meta_semi_jax.data.errors import DataError
 from meta_semi_jax.data.idx import read_idx
-from meta_semi_jax.data.tfds_data import DataError
 
 NAME = "fashion_mnist"
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
+# label -> name, from the dataset's README (Xiao, Rasul & Vollgraf, 2017)
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot")
 TRAIN_SIZE, TEST_SIZE = 60_000, 10_000
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL_COMMAND = "apt-get install -y dataset-fashion-mnist"

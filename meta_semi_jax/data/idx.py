@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from meta_semi_jax.data.tfds_data import DataError
+from meta_semi_jax.data.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
 # IDX type code -> NumPy dtype (big-endian where it matters).

@@ -12,12 +12,10 @@ import os
 
 import numpy as np
 
+from meta_semi_jax.data.errors import DataError
+
 PREPARE_COMMAND = "python -m meta_semi_jax.data prepare {dataset} --data_dir={data_dir}"
 TFDS_PREFIX = "tfds:"
-
-
-class DataError(ValueError):
-    """A dataset that cannot be read or used as asked; the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +82,15 @@ def image_classification_info(dataset: str, source: TfdsSource,
                         f"feature and a 'label' ClassLabel feature; {source.name} has "
                         f"{', '.join(sorted(features.keys()))}")
     return label.num_classes, tuple(image.shape)
+
+
+def class_label_names(source: TfdsSource, data_dir: str | None) -> list[str]:
+    """The names of the ``label`` ClassLabel feature, from tfds' metadata (tfds names
+    unnamed classes "0", "1", ...); ``image_classification_info`` has checked it."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(source.name, data_dir=resolve_data_dir(data_dir))
+    return list(builder.info.features["label"].names)
 
 
 def missing_data_message(dataset: str, source: TfdsSource, split: str, data_dir: str) -> str:

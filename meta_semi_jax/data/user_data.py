@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from meta_semi_jax.data.tfds_data import DataError
+from meta_semi_jax.data.errors import DataError
 
 NPZ_PREFIX = "npz:"
 FOLDER_PREFIX = "folder:"
