@@ -67,9 +67,12 @@ def test_probe_metrics_by_hand():
     assert with_student["probe_score_auroc_sharper"] == 1.0
 
 
+PSEUDO_LABEL_COUNTS = ("pseudo_label", "selected_pseudo_label", "rejected_pseudo_label")
+
+
 def fake_counts(dp, correct, known):
     step = {"loss": np.float32(1.0)}
-    for name, c, k in zip(selection.COUNTED, correct, known, strict=True):
+    for name, c, k in zip(PSEUDO_LABEL_COUNTS, correct, known, strict=True):
         step[f"{COUNT_PREFIX}{name}_correct"] = np.int32(c)
         step[f"{COUNT_PREFIX}{name}_known"] = np.int32(k)
     return dp.replicate(step)
@@ -92,6 +95,13 @@ def test_counts_are_summed_until_taken_and_survive_a_checkpoint(mode):
     assert counts.take() == {}  # started again
     counts.add(fake_counts(dp, (0, 0, 0), (1, 0, 1)))
     assert counts.take()["selected_pseudo_label_accuracy"] is None  # nothing to measure
+    # A cheaper meta_grad's agreement with the exact score is counted the same way.
+    counts.add({**fake_counts(dp, (1, 1, 0), (2, 1, 1)), **dp.replicate({
+        f"{COUNT_PREFIX}selection_agreement_correct": np.int32(3),
+        f"{COUNT_PREFIX}selection_agreement_known": np.int32(4)})})
+    taken = counts.take()
+    assert taken["selection_agreement_accuracy"] == 75.0
+    assert taken["selection_agreement_count"] == 4
 
 
 def test_a_checkpoint_keeps_the_counts_since_the_last_evaluation():
