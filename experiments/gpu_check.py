@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -109,15 +110,11 @@ def machine() -> dict[str, Any]:
         "probe_error": out.stderr[-2000:]}
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
                           "--format=csv,noheader"], capture_output=True, text=True) \
-        if _has("nvidia-smi") else None
+        if shutil.which("nvidia-smi") else None
     info["nvidia_smi"] = smi.stdout.strip() if smi and smi.returncode == 0 else None
     info["python"] = platform.python_version()
     info["date"] = time.strftime("%Y-%m-%d")
     return info
-
-
-def _has(program: str) -> bool:
-    return any((Path(p) / program).exists() for p in os.environ.get("PATH", "").split(":"))
 
 
 def end_to_end_rate(metrics_jsonl: Path) -> dict[str, Any]:
