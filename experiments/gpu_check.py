@@ -41,7 +41,8 @@ from meta_semi_jax import benchmark
 # (model, dtype) groups: each is one benchmark process. CNN-13 at CIFAR's batch and
 # size (Appendix C), WRN-28-2 at CIFAR's 32x32 (MixMatch's batch).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "cnn13": ("meta_semi:jvp", "meta_semi:unrolled", "ict", "supervised"),
+    "cnn13": ("meta_semi:jvp", "meta_semi:unrolled", "ict", "supervised",
+              "meta_semi:jvp*2", "meta_semi:jvp*5"),  # *K: K parallel runs (run_set)
     "wrn28_2": ("meta_semi:jvp", "ict"),
 }
 DTYPES = ("float32", "bfloat16")
@@ -74,7 +75,8 @@ class Group:
 
     def rows(self) -> list[str]:
         algorithms = _ROWS.value or GROUPS.get(self.model, GROUPS["cnn13"])
-        return [f"{a}@{self.dtype}" for a in algorithms]
+        return [f"{a.partition('*')[0]}@{self.dtype}{''.join(a.partition('*')[1:])}"
+                for a in algorithms]
 
 
 def benchmark_argv(model: str, rows: Sequence[str], json_path: Path, steps: int,
@@ -137,8 +139,8 @@ def full_cifar10_hours(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     spec.loader.exec_module(cifar10)
     steps = cifar10.get_config("4000").num_train_steps
     return [{"algorithm": r["algorithm"], "meta_grad": r["meta_grad"],
-             "compute_dtype": r["compute_dtype"], "steps": steps,
-             "hours": steps * r["ms_per_step"] / 1000 / 3600}
+             "compute_dtype": r["compute_dtype"], "num_runs": r["num_runs"], "steps": steps,
+             "hours": steps * r["ms_per_step"] / 1000 / 3600}  # of all num_runs together
             for r in rows if r["model"] == "cnn13" and r["algorithm"] != "supervised"]
 
 
@@ -161,9 +163,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("")
     if report.get("full_cifar10"):
         lines += ["## The full CIFAR-10 CNN-13 run at the measured step", "",
-                  "| algorithm | meta_grad | dtype | steps | hours |", "|---|---|---|---|---|"]
+                  "| algorithm | meta_grad | dtype | runs | steps | hours (all runs) |",
+                  "|---|---|---|---|---|---|"]
         lines += [f"| {r['algorithm']} | {r['meta_grad'] or '-'} | {r['compute_dtype']} | "
-                  f"{r['steps']} | {r['hours']:.2f} |" for r in report["full_cifar10"]]
+                  f"{r['num_runs']} | {r['steps']} | {r['hours']:.2f} |"
+                  for r in report["full_cifar10"]]
     return "\n".join(lines) + "\n"
 
 

@@ -3,12 +3,15 @@
     python -m experiments.run --table=1 --seeds=5 --root=DIR [--cells=cifar10_1000]
     python -m experiments.run --table=5 --seeds=3 --root=DIR --dataset=digits --jobs=2
     python -m experiments.run --table=1 --seeds=5 --root=DIR --shard=0/4   # machine 1 of 4
+    python -m experiments.run --table=1 --seeds=5 --root=DIR --parallel_runs   # on a GPU
 
 Run ``i`` of a cell uses ``seed = split_seed = i`` (every method sees the same splits)
 and is one ``python -m meta_semi_jax.main`` process writing to
 ``ROOT/<config>_<labels>/<method>/seed_<i>`` (its console output in ``console.log``
-there). Finished runs (with ``results.json``) are skipped and half-finished ones resume
-from their last checkpoint, so the command can be rerun after any interruption.
+there); with ``--parallel_runs`` a cell's seeds are one process
+(``meta_semi_jax.run_set``) writing ``ROOT/<config>_<labels>/<method>/run_<i>``.
+Finished runs (with ``results.json``) are skipped and half-finished ones resume from
+their last checkpoint, so the command can be rerun after any interruption.
 ``--shard=i/n`` takes every n-th run of the sorted list, so n machines sharing ROOT
 (or merging their ROOTs) split a table. ``python -m experiments.report --root=DIR``
 then tabulates.
@@ -35,16 +38,23 @@ class Run(NamedTuple):
 
 
 def runs_of(cells: Sequence[tables.Cell], root: str, seeds: int,
-            overrides: Sequence[str]) -> list[Run]:
-    """One run per distinct (config, labels, method, seed), sorted by workdir."""
+            overrides: Sequence[str], parallel: bool = False) -> list[Run]:
+    """One run per distinct (config, labels, method, seed), sorted by workdir; with
+    ``parallel``, one process per (config, labels, method) that trains its seeds
+    together (``--config.num_parallel_runs``; run ``i`` in ``<method>/run_<i>``, with
+    seed = split_seed = i as the separate runs have)."""
     found = {}
     for cell in cells:
-        for seed in range(seeds):
-            workdir = cell.run_dir(root, seed)
+        for seed in [0] if parallel else range(seeds):
+            if parallel:
+                workdir, run_flags = (os.path.join(root, cell.run_name),
+                                      [f"--config.num_parallel_runs={seeds}"])
+            else:
+                workdir, run_flags = cell.run_dir(root, seed), []
             found[workdir] = Run(workdir, (
                 sys.executable, "-m", "meta_semi_jax.main",
                 f"--config=configs/{cell.config}.py:{cell.labels}", f"--workdir={workdir}",
-                f"--config.seed={seed}", f"--config.split_seed={seed}",
+                f"--config.seed={seed}", f"--config.split_seed={seed}", *run_flags,
                 *cell.run_method.config_flags(), *(f"--config.{o}" for o in overrides)))
     return [found[w] for w in sorted(found)]
 
@@ -54,8 +64,9 @@ def select(runs: Sequence[Run], root: str, patterns: Sequence[str], shard: str) 
     index, count = (int(part) for part in shard.split("/"))
     if not 0 <= index < count:
         raise app.UsageError(f"--shard={shard}: need 0 <= i < n")
-    kept = [r for r in runs
-            if not patterns or any(p in os.path.relpath(r.workdir, root) for p in patterns)]
+    # The run's directory with a final '/', so that '/<method>/' matches a set's too.
+    kept = [r for r in runs if not patterns
+            or any(p in os.path.relpath(r.workdir, root) + "/" for p in patterns)]
     return kept[index::count]
 
 
@@ -89,8 +100,8 @@ def main(argv: Sequence[str]) -> None:
     overrides = [f"{k}={v}" for k, v in tables.EDITION_OVERRIDES[FLAGS.dataset]]
     overrides += FLAGS.override
     root = os.path.abspath(FLAGS.root)
-    runs = select(runs_of(cells, root, FLAGS.seeds, overrides), root, FLAGS.cells,
-                  FLAGS.shard)
+    runs = select(runs_of(cells, root, FLAGS.seeds, overrides, FLAGS.parallel_runs), root,
+                  FLAGS.cells, FLAGS.shard)
     todo = [r for r in runs if not is_finished(r)]
     print(f"table {FLAGS.table} ({FLAGS.dataset}): {len(runs)} runs, "
           f"{len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
@@ -124,6 +135,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("jobs", 1, "Runs at the same time on this machine.")
     flags.DEFINE_multi_string("override", [], "field=value for every run, e.g. "
                               "num_train_steps=100 (not part of the run's name).")
+    flags.DEFINE_bool("parallel_runs", False, "Train each cell's seeds together in one "
+                      "process (one vmapped step: --config.num_parallel_runs=seeds).")
     flags.DEFINE_bool("dry_run", False, "Print the commands only.")
     flags.mark_flags_as_required(["table", "root"])
 

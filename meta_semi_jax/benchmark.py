@@ -4,9 +4,12 @@
     python -m meta_semi_jax.benchmark --model=wrn28_2_scales4   # STL-10
     python -m meta_semi_jax.benchmark --algorithms=meta_semi:jvp@bfloat16,ict@bfloat16
     python -m meta_semi_jax.benchmark --model=small_cnn --steps=5 --warmup=1
+    python -m meta_semi_jax.benchmark --algorithms=meta_semi:jvp,meta_semi:jvp*2,meta_semi:jvp*5
 
-Each row is one ``algorithm[:meta_grad][@compute_dtype]`` on the paper's batch and
-image size for the model (``--image_size`` changes the size),
+Each row is one ``algorithm[:meta_grad][@compute_dtype][*runs]`` on the paper's batch
+and image size for the model (``--image_size`` changes the size); ``*K`` times the
+step of K parallel runs (``run_set``: one vmapped step, ``images_per_s`` counting the
+images of all K runs),
 with data already on the device: the program's own step (on-device sampling,
 augmentation, MixUp, meta-gradient, update), compiled, warmed up, then timed step by
 step with ``block_until_ready``; the median is reported. ``images_per_s`` counts the
@@ -27,7 +30,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from meta_semi_jax import build, data as data_lib
+from meta_semi_jax import build, data as data_lib, run_set
 from meta_semi_jax.config_base import base_config
 from meta_semi_jax.data.split import SplitIndices
 
@@ -53,7 +56,8 @@ DEFAULT_ROWS = ("meta_semi:jvp", "meta_semi:per_example", "meta_semi:unrolled", 
 
 _MODEL = flags.DEFINE_enum("model", "cnn13", list(WORKLOADS), "Model to time.")
 _ROWS = flags.DEFINE_list("algorithms", list(DEFAULT_ROWS),
-                          "algorithm or algorithm:meta_grad, e.g. meta_semi:unrolled.")
+                          "algorithm[:meta_grad][@dtype][*runs], e.g. meta_semi:unrolled "
+                          "or meta_semi:jvp@bfloat16*5.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None,
                                    "Image height and width (default: the model's dataset).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per row.")
@@ -97,6 +101,8 @@ def step_flops(compiled) -> float | None:
 def time_row(workload: Workload, model: str, row: str, steps: int,
              warmup: int) -> dict[str, Any]:
     """Median step time and compiled memory of one ``algorithm[:meta_grad][@dtype]``."""
+    row, _, runs = row.partition("*")
+    num_runs = int(runs or 1)
     row, _, dtype = row.partition("@")
     algorithm, _, meta_grad = row.partition(":")
     config = base_config()
@@ -105,9 +111,12 @@ def time_row(workload: Workload, model: str, row: str, steps: int,
     config.labeled_batch_size = workload.labeled_batch_size
     config.unlabeled_batch_size = workload.unlabeled_batch_size
     config.translate, config.flip = 2, True
-    training = build.build_training(config, synthetic_data(workload))
-    state, data, key = training.state, training.data, training.run_key
-    compiled = training.step_fn.lower(state, data, key).compile()
+    trainings = [build.build_training(config, synthetic_data(workload))
+                 for _ in range(num_runs)]
+    axis = run_set.RunAxis(trainings[0].dp, num_runs)
+    state, data, key = (axis.stack([getattr(t, field) for t in trainings])
+                        for field in ("state", "data", "run_key"))
+    compiled = run_set.joint_step(trainings).lower(state, data, key).compile()
     for _ in range(1 + warmup):
         state, metrics = compiled(state, data, key)
     jax.block_until_ready(metrics)
@@ -118,28 +127,32 @@ def time_row(workload: Workload, model: str, row: str, steps: int,
         jax.block_until_ready((state, metrics))
         seconds.append(time.perf_counter() - started)
     ms = 1000 * statistics.median(seconds)
-    images = workload.labeled_batch_size + workload.unlabeled_batch_size
+    images = num_runs * (workload.labeled_batch_size + workload.unlabeled_batch_size)
     return {"algorithm": algorithm, "meta_grad": meta_grad or None, "model": model,
             "compute_dtype": config.compute_dtype, "image_size": workload.image_shape[0],
+            "num_runs": num_runs,
             "ms_per_step": ms, "images_per_s": images / (ms / 1000),
             "peak_bytes": peak_bytes(compiled), "flops": step_flops(compiled)}
 
 
 def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Adds ``ratio_to_ict`` (each row's time over the ict step's, when one was timed)."""
-    ict = next((r["ms_per_step"] for r in rows if r["algorithm"] == "ict"), None)
+    """Adds ``ratio_to_ict`` (each row's time over the single ict step's, when one was
+    timed)."""
+    ict = next((r["ms_per_step"] for r in rows
+                if r["algorithm"] == "ict" and r["num_runs"] == 1), None)
     return [{**r, "ratio_to_ict": r["ms_per_step"] / ict if ict else None} for r in rows]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| algorithm | meta_grad | model | dtype | image | ms/step | images/s "
-             "| ratio to ict | peak MiB | GFLOP/step |", "|---" * 10 + "|"]
+    lines = ["| algorithm | meta_grad | model | dtype | image | runs | ms/step | images/s "
+             "| ratio to ict | peak MiB | GFLOP/step |", "|---" * 11 + "|"]
     for r in rows:
         ratio = f"{r['ratio_to_ict']:.2f}" if r["ratio_to_ict"] else "-"
         peak = f"{r['peak_bytes'] / 2**20:.1f}" if r["peak_bytes"] is not None else "-"
         flops = f"{r['flops'] / 1e9:.1f}" if r["flops"] is not None else "-"
         lines.append(f"| {r['algorithm']} | {r['meta_grad'] or '-'} | {r['model']} | "
-                     f"{r['compute_dtype']} | {r['image_size']} | {r['ms_per_step']:.1f} | "
+                     f"{r['compute_dtype']} | {r['image_size']} | {r['num_runs']} | "
+                     f"{r['ms_per_step']:.1f} | "
                      f"{r['images_per_s']:.0f} | {ratio} | {peak} | {flops} |")
     return "\n".join(lines)
 

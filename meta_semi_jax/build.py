@@ -41,7 +41,7 @@ def load_checked_data(config: ml_collections.ConfigDict, workdir: str) -> data_l
     split = data_lib.split_indices(config, raw)
     check_same_split(workdir, split)
     ssl = data_lib.split_dataset(raw, split)
-    config_check.check_batch_sizes(config, len(ssl.labeled_labels), len(ssl.unlabeled_labels))
+    config_check.check_batch_sizes(config, len(ssl.unlabeled_labels))
     return ssl
 
 
@@ -90,6 +90,8 @@ class Training:
     whose EMA model the evaluators measure (``evaluated_model``)."""
     dp: DataParallel
     step_fn: jax.stages.Wrapped  # (state, data, run_key) -> (state, metrics)
+    device_step: Callable[..., Any]  # the per-device step that step_fn runs over AXIS
+    data_kinds: Any  # DeviceData with the placement kind of each leaf (dp.run's in_kinds)
     state: TrainState
     data: DeviceData
     run_key: jax.Array
@@ -156,9 +158,9 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
         unlabeled_images=unlabeled_kind, unlabeled_labels=unlabeled_kind,
         mean="replicated", std="replicated")
     sampler = sampler_from_config(config, algorithm.unlabeled_views)
-    step_fn = dp.run(functools.partial(device_train_step, sampler=sampler, algorithm=algorithm,
-                                       ema_decay=config.ema_decay),
-                     ("replicated", data_kinds, "replicated"), donate_argnums=(0,))
+    device_step = functools.partial(device_train_step, sampler=sampler, algorithm=algorithm,
+                                    ema_decay=config.ema_decay)
+    step_fn = dp.run(device_step, ("replicated", data_kinds, "replicated"), donate_argnums=(0,))
     ratio_fn = None
     if config.log_assumption_ratio:
         terms = algorithm.assumption_terms
@@ -174,12 +176,13 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
     device_data = place_data(dp, ssl, config.unlabeled_placement, stream)
     device_run_key = dp.replicate(run_key)
     return Training(
-        dp=dp, step_fn=step_fn, state=dp.replicate(state), data=device_data,
+        dp=dp, step_fn=step_fn, device_step=device_step, data_kinds=data_kinds,
+        state=dp.replicate(state), data=device_data,
         run_key=device_run_key,
         val_eval=Evaluator(dp, ssl.val_images, ssl.val_labels, ssl.mean, ssl.std,
-                           config.eval_batch_size),
+                           config.eval_batch_size, ssl.num_classes),
         test_eval=Evaluator(dp, ssl.test_images, ssl.test_labels, ssl.mean, ssl.std,
-                            config.eval_batch_size),
+                            config.eval_batch_size, ssl.num_classes),
         ratio_fn=ratio_fn, stream=stream,
         probe=selection_probe(config, dp, ssl, algorithm),
         evaluated=evaluated_model(dp, algorithm, sampler, device_data, data_kinds,

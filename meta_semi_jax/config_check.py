@@ -70,6 +70,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise _fail(config, "log_assumption_ratio", "its random batches are drawn from the "
                     "unlabeled pool on the devices: it needs config.unlabeled_placement "
                     "'replicated' or 'sharded'")
+    if config.num_parallel_runs > 1 and config.unlabeled_placement != "replicated":
+        raise _fail(config, "num_parallel_runs", "the runs' pools are stacked along a run "
+                    "axis on every device: it needs config.unlabeled_placement "
+                    "'replicated'")
     for name in DIVISIBLE_BY_DEVICES:
         if config[name] % num_devices:
             raise _fail(config, name,
@@ -179,12 +183,10 @@ def check_pool_size(config: ml_collections.ConfigDict, max_per_class: int,
                     f"{max_per_class * num_classes} labels")
 
 
-def check_batch_sizes(config: ml_collections.ConfigDict, num_labeled: int,
-                      num_unlabeled: int) -> None:
-    """A batch can be drawn without repeating an example within it."""
-    if config.labeled_batch_size > num_labeled:
-        raise _fail(config, "labeled_batch_size",
-                    f"it must not exceed the {num_labeled} labeled examples")
+def check_batch_sizes(config: ml_collections.ConfigDict, num_unlabeled: int) -> None:
+    """An unlabeled batch can be drawn without repeating an example within it. A
+    labeled batch may be larger than the labeled set: it then spans several of its
+    epochs (``sampler.epoch_shuffled_indices``)."""
     if config.unlabeled_batch_size > num_unlabeled:
         raise _fail(config, "unlabeled_batch_size",
                     f"it must not exceed the {num_unlabeled} unlabeled examples")

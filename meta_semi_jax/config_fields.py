@@ -156,6 +156,13 @@ FIELDS: dict[str, Field] = {
                              "gradients on several devices)"),
     "unlabeled_placement": Field("replicated", Choice(PLACEMENTS), True,
                                  "replicated | sharded over devices | host (data/)"),
+    # Independent runs trained together (run_set.py).
+    "num_parallel_runs": Field(1, POSITIVE, True,
+                               "K runs in one process, one vmapped step: seeds seed ... "
+                               "seed+K-1, each in DIR/run_<i>"),
+    "parallel_runs_share_split": Field(False, ANY, True,
+                                       "the K runs all use split_seed (by default run i "
+                                       "uses split_seed + i)"),
 }
 
 FIXED_ON_RESUME: tuple[str, ...] = tuple(name for name, f in FIELDS.items() if f.fixed)

@@ -1,6 +1,8 @@
-"""Command line: ``python -m meta_semi_jax.export --workdir=DIR --output=FILE.msgpack``.
+"""Command line: ``python -m meta_semi_jax.export --workdir=DIR --output=FILE.msgpack
+[--checkpoint=best|latest|STEP]``.
 
-Writes the evaluated model of the latest checkpoint in ``DIR`` (the EMA model:
+Writes the evaluated model of a checkpoint in ``DIR`` (by default the best-validation
+one, ``checkpoint.chosen_step``; the EMA model:
 ``TrainState.ema_params`` and ``ema_batch_stats``) as flax serialisation of
 ``{"params": ..., "batch_stats": ...}`` to ``FILE.msgpack``, and the run's
 ``model.json`` (``model_card``) next to it as ``FILE.json``. Load it with
@@ -18,23 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any
 
-import ml_collections
-import orbax.checkpoint as ocp
 from absl import app, flags
 from flax import serialization
 
-from meta_semi_jax import algorithms, checkpoint
+from meta_semi_jax import checkpoint, cli
 from meta_semi_jax.model_card import ModelCard, ModelCardError, read_model_json
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (--workdir of training).")
-_OUTPUT = flags.DEFINE_string("output", None, "The file to write, e.g. model.msgpack; its "
-                              "model.json goes next to it with the suffix .json.")
-flags.mark_flags_as_required(["workdir", "output"])
-
-EXIT_USAGE = 2
+from meta_semi_jax.run_dir import RunDirError, read_config
 
 
 class ExportError(ValueError):
@@ -46,29 +39,6 @@ def card_path(output: str) -> str:
     return os.path.splitext(output)[0] + ".json"
 
 
-def run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config the run wrote (``config.json``)."""
-    path = os.path.join(workdir, "config.json")
-    try:
-        with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
-    except (OSError, ValueError) as e:
-        raise ExportError(f"{path} cannot be read ({type(e).__name__})") from None
-
-
-def check_evaluated_model_is_ema(config: ml_collections.ConfigDict, num_classes: int) -> None:
-    """Refuses algorithms whose evaluated model is a weight average, not the EMA model."""
-    try:
-        algorithm = algorithms.from_config(config, num_classes)
-    except (KeyError, AttributeError, TypeError, ValueError) as e:
-        raise ExportError(f"the run's config.json cannot be used ({type(e).__name__}: "
-                          f"{e})") from None
-    if algorithm.weight_average is not None:
-        raise ExportError(
-            f"export of {config.algorithm} runs is not supported yet: their evaluated model "
-            f"is a weight average whose BatchNorm statistics are recomputed from data")
-
-
 def check_output(output: str) -> None:
     """The output and its model card must be two files in an existing directory."""
     if card_path(output) == output:
@@ -77,29 +47,6 @@ def check_output(output: str) -> None:
     directory = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
         raise ExportError(f"--output={output}: {directory} is not a writable directory")
-
-
-def latest_ema_variables(workdir: str) -> tuple[int, dict[str, Any]]:
-    """(step, ``{"params", "batch_stats"}`` of the EMA model) of the latest complete
-    checkpoint in ``workdir``, read without changing anything there."""
-    directory = checkpoint.checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
-        raise ExportError(f"{workdir} has no checkpoints (no {directory})")
-    manager = ocp.CheckpointManager(directory,
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    try:
-        step = manager.latest_step()
-        if step is None:
-            raise ExportError(f"{directory} holds no complete checkpoint")
-        try:
-            state = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore())).state
-        except Exception as e:  # orbax raises many types for damaged files
-            raise ExportError(f"the checkpoint at step {step} in {directory} cannot be read "
-                              f"({type(e).__name__})") from None
-    finally:
-        manager.close()
-    return step, {"params": state["ema_params"], "batch_stats": state["ema_batch_stats"]}
 
 
 def write_export(output: str, variables: dict[str, Any], card: ModelCard) -> None:
@@ -113,39 +60,40 @@ def write_export(output: str, variables: dict[str, Any], card: ModelCard) -> Non
         raise ExportError(f"--output={output} cannot be written: {e.strerror or e}") from None
 
 
-def export(workdir: str, output: str) -> int:
-    """Exports the EMA model of ``workdir``'s latest checkpoint to ``output`` and its
+def export(workdir: str, output: str, which: str = "best") -> int:
+    """Exports the EMA model of ``workdir``'s checkpoint ``which`` to ``output`` and its
     model card to ``card_path(output)``; returns the checkpoint's step. Raises
-    ``ExportError`` or ``ModelCardError`` before writing anything."""
+    ``ExportError``, ``ModelCardError``, ``RunDirError``,
+    ``checkpoint.EvaluatedModelError`` or ``checkpoint.CheckpointChoiceError`` before
+    writing anything."""
     card = read_model_json(workdir)
-    check_evaluated_model_is_ema(run_config(workdir), card.num_classes)
+    checkpoint.check_evaluated_model_is_ema(read_config(workdir), card.num_classes, "export")
     check_output(output)
-    step, variables = latest_ema_variables(workdir)
+    step, variables = checkpoint.ema_variables(workdir, which)
     write_export(output, variables, card)
     return step
 
 
-def _exit_with(message: str) -> None:
-    """One error line, then the end of the process at once (orbax threads left by a
-    failed read would otherwise print at interpreter shutdown)."""
-    sys.stdout.flush()
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-    os._exit(EXIT_USAGE)
+def define_flags() -> None:
+    flags.DEFINE_string("output", None, "The file to write, e.g. model.msgpack; its "
+                        "model.json goes next to it with the suffix .json.")
+    cli.define_reading_flags("output")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
     # Both flags are required (mark_flags_as_required): absl refuses None before main.
-    workdir, output = str(_WORKDIR.value), str(_OUTPUT.value)
+    workdir, output = str(flags.FLAGS.workdir), str(flags.FLAGS.output)
     try:
-        step = export(workdir, output)
-    except (ExportError, ModelCardError) as e:
-        _exit_with(str(e))
+        step = export(workdir, output, flags.FLAGS.checkpoint)
+    except (ExportError, ModelCardError, RunDirError, checkpoint.EvaluatedModelError,
+            checkpoint.CheckpointChoiceError) as e:
+        cli.exit_with(str(e))
     print(f"exported the EMA model of step {step} to {output} and its model card to "
           f"{card_path(output)}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    define_flags()
+    app.run(main, flags_parser=cli.parse_flags)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import logging as std_logging
 import os
-import re
 import sys
 from typing import cast
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from meta_semi_jax import train
+from meta_semi_jax import cli, train
+from meta_semi_jax.cli import exit_with
 from meta_semi_jax.config_check import ConfigError
 from meta_semi_jax.data import DataError
 from meta_semi_jax.loop import NonFiniteError, Preempted
@@ -34,38 +34,8 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
                                "the cluster's own discovery (TPU pods, SLURM).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXIT_USAGE = 2
-# The terminal's stderr, kept aside: stderr_closed_if_it_fails silences file descriptor 2
-# when a damaged checkpoint leaves tensorstore threads that print at random moments.
-_USER_STDERR = os.dup(2)
 EXIT_DIVERGED = 3
-# JAX reports at INFO level every accelerator plugin it does not find (libtpu on every
-# GPU or CPU machine); that line is noise in front of the program's own messages.
-std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
-
-
-QUIET_LIBRARIES = {"tensorflow_datasets": std_logging.ERROR, "orbax": std_logging.WARNING}
-
-
-def _not_library_housekeeping(record: std_logging.LogRecord) -> bool:
-    """tfds warns through absl about its own metadata folders ('Variant folder ... has no
-    dataset_info.json'; the program reports missing data itself) and orbax logs every
-    step of every save at INFO; both would drown the program's own lines."""
-    return not any(f"/{library}/" in record.pathname and record.levelno < level
-                   for library, level in QUIET_LIBRARIES.items())
-
-
-std_logging.getLogger("absl").addFilter(_not_library_housekeeping)
-
-
-def _exit_with(message: str, status: int = EXIT_USAGE) -> None:
-    """Prints one error line and ends the process at once: background threads of
-    tensorstore/orbax that a failed read left behind would otherwise print tracebacks
-    at interpreter shutdown. Nothing is left to flush or close at this point."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.write(_USER_STDERR, f"error: {message}\n".encode())
-    os._exit(status)
+cli.quiet_library_logs(orbax_level=std_logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -73,7 +43,7 @@ def stderr_closed_if_it_fails():
     """Points file descriptor 2 at /dev/null for the block and leaves it there if the
     block raises: after a failed checkpoint read, tensorstore threads call into orbax's
     closed event loop and print tracebacks at random moments, in front of the one error
-    line (which ``_exit_with`` writes to the terminal's stderr, kept aside)."""
+    line (which ``cli.exit_with`` writes to the terminal's stderr, kept aside)."""
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
@@ -87,18 +57,6 @@ def stderr_closed_if_it_fails():
     finally:
         os.close(devnull)
         os.close(saved)
-
-
-def one_line(message: str) -> str:
-    """The first line of a (possibly multi-line, traceback-carrying) error message, joined
-    with its last line, which holds the underlying exception's own message."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if not lines:
-        return "invalid value"
-    if len(lines) == 1:
-        return lines[0]
-    cause = re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", lines[-1])
-    return f"{lines[0].rstrip(':')}: {cause}"
 
 
 def _innermost_message(error: BaseException) -> str:
@@ -119,11 +77,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         _CONFIG.value.get("algorithm")
         return remaining
     except flags.Error as e:
-        _exit_with(one_line(str(e)))
+        exit_with(cli.one_line(str(e)))
     except (KeyError, AttributeError) as e:
-        _exit_with(f"--config: unknown field {one_line(_innermost_message(e))}")
+        exit_with(f"--config: unknown field {cli.one_line(_innermost_message(e))}")
     except (OSError, TypeError, ValueError) as e:
-        _exit_with(f"--config: {one_line(str(e))}")
+        exit_with(f"--config: {cli.one_line(str(e))}")
     return []
 
 
@@ -141,20 +99,20 @@ def initialize_processes() -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
+        exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
     if _COORDINATOR.value and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
-        _exit_with("--coordinator_address needs --num_processes and --process_id")
+        exit_with("--coordinator_address needs --num_processes and --process_id")
     initialize_processes()
     try:
         # --workdir is required (mark_flags_as_required): absl refuses None before main.
         train.train_and_evaluate(_CONFIG.value, cast(str, _WORKDIR.value),
                                  quiet_checkpoint_reads=stderr_closed_if_it_fails)
     except (ConfigError, DataError) as e:
-        _exit_with(str(e))
+        exit_with(str(e))
     except Preempted as e:
         logging.warning("%s", e)
     except NonFiniteError as e:
-        _exit_with(str(e), EXIT_DIVERGED)
+        exit_with(str(e), EXIT_DIVERGED)
 
 
 if __name__ == "__main__":

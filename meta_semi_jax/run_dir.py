@@ -19,6 +19,22 @@ from meta_semi_jax.config_check import ConfigError
 from meta_semi_jax.data import SplitIndices
 
 
+class RunDirError(ValueError):
+    """A finished run's directory that cannot be read; the message is one line."""
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a run wrote to ``workdir/config.json``."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(workdir):
+        raise RunDirError(f"--workdir={workdir} is not a directory")
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{path} cannot be read ({type(e).__name__})") from None
+
+
 def make_workdir(workdir: str) -> None:
     """Creates ``workdir`` (if needed) and checks that files can be written in it."""
     try:
@@ -45,6 +61,20 @@ def environment() -> dict[str, Any]:
     return {"meta_semi_jax": __version__, "jax": jax.__version__, "flax": flax.__version__,
             "optax": optax.__version__, "processes": jax.process_count(),
             "devices": [str(d.device_kind) for d in jax.devices()]}
+
+
+def check_same_run_count(workdir: str, num_runs: int) -> None:
+    """A workdir holds one run or one set of parallel runs, of one size: another
+    ``num_parallel_runs`` is refused (its runs would go elsewhere, or clash)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        previous = json.load(f).get("num_parallel_runs", 1)
+    if previous != num_runs:
+        raise ConfigError(
+            f"{workdir} holds {'a run' if previous == 1 else f'a set of {previous} runs'} "
+            f"but config.num_parallel_runs={num_runs}; use another --workdir")
 
 
 def check_same_split(workdir: str, split: SplitIndices) -> None:

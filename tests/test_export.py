@@ -20,11 +20,13 @@ from tests.run_files import load_config, run_program
 pytestmark = pytest.mark.xdist_group("quick_run")
 
 
-def checkpoint_state(workdir) -> dict:
-    """The raw train state of the latest checkpoint, read with orbax directly."""
+def checkpoint_state(workdir, which: str) -> dict:
+    """The raw train state of checkpoint ``which`` (best or latest), read with orbax
+    directly: the best is the step of results.json's best validation accuracy."""
     manager = ocp.CheckpointManager(checkpoint.checkpoint_dir(str(workdir)),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
+    results = json.loads((workdir / "results.json").read_text())
+    step = {"best": results["best_val_step"], "latest": manager.latest_step()}[which]
     state = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore())).state
     manager.close()
@@ -86,7 +88,7 @@ def test_the_export_gives_the_logits_of_the_checkpoints_ema_model(finished_quick
     inputs = normalize(images, np.asarray(card.mean, np.float32),
                        np.asarray(card.std, np.float32))
     apply = jax.jit(model.apply, static_argnames="train")
-    state = checkpoint_state(finished_quick_run.workdir)
+    state = checkpoint_state(finished_quick_run.workdir, "best")  # export's default
     ema = {"params": state["ema_params"], "batch_stats": state["ema_batch_stats"]}
     student = {"params": state["params"], "batch_stats": state["batch_stats"]}
     logits = np.asarray(apply(loaded, inputs, train=False))
@@ -111,7 +113,7 @@ def test_a_workdir_without_checkpoints_or_model_json_is_refused(finished_quick_r
     for name in ("model.json", "config.json"):
         shutil.copy(finished_quick_run.workdir / name, without_checkpoints / name)
     output = tmp_path / "model.msgpack"
-    with pytest.raises(export.ExportError, match="has no checkpoints"):
+    with pytest.raises(checkpoint.CheckpointChoiceError, match="has no checkpoints"):
         export.export(str(without_checkpoints), str(output))
     (without_checkpoints / "model.json").unlink()
     with pytest.raises(model_card.ModelCardError, match="predates it; rerun its training command"):
@@ -124,5 +126,5 @@ def test_fast_swa_runs_are_refused(finished_quick_run, tmp_path):
     config["algorithm"] = "mean_teacher_fast_swa"
     (tmp_path / "config.json").write_text(json.dumps(config))
     shutil.copy(finished_quick_run.workdir / "model.json", tmp_path / "model.json")
-    with pytest.raises(export.ExportError, match="not supported yet"):
+    with pytest.raises(checkpoint.EvaluatedModelError, match="export of .* not supported yet"):
         export.export(str(tmp_path), str(tmp_path / "model.msgpack"))

@@ -1,11 +1,15 @@
 """Two processes on 127.0.0.1 with 2 CPU devices each form one JAX system whose run
 equals one process with 4 devices, with the unlabeled pool replicated or sharded (each
-host then holds only its devices' shards)."""
+host then holds only its devices' shards). SIGTERM to one of them stops both at the same
+step, with one checkpoint there."""
 from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
+import threading
+import time
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -75,3 +79,69 @@ def test_two_processes_equal_one_process_with_all_devices(tmp_path, placement):
     for key in params_one:
         np.testing.assert_allclose(params_two[key], params_one[key], rtol=1e-5, atol=1e-6)
     assert json.loads((two / "environment.json").read_text())["processes"] == 2
+
+
+class Stderr:
+    """A started process's stderr, read line by line by a thread, so that its pipe never
+    fills while the test waits."""
+
+    def __init__(self, proc):
+        self._proc, self._lines = proc, []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._proc.stderr:
+            self._lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 240) -> None:
+        """Until a line holds ``text``; fails if the process ends first."""
+        deadline = time.time() + timeout
+        while not any(text in line for line in self._lines):
+            assert self._proc.poll() is None, "".join(self._lines)[-3000:]
+            assert time.time() < deadline, f"no line with {text!r}"
+            time.sleep(0.05)
+
+    def text(self, timeout: float = 120) -> str:
+        """All of it, once the process has ended."""
+        self._proc.wait(timeout=timeout)
+        self._thread.join()
+        return "".join(self._lines)
+
+
+# Long enough to be interrupted a few seconds after its first step; it evaluates and saves
+# at its end only, so that the preemption's checkpoint is the only one.
+STEPS = 300
+PREEMPTED = (f"--config.num_train_steps={STEPS}", f"--config.eval_every_steps={STEPS}",
+             f"--config.checkpoint_every_steps={STEPS}", "--config.log_every_steps=100")
+
+
+def launch_both(workdir) -> list:
+    port = free_port()
+    return [launch(workdir, 2, *PREEMPTED, f"--coordinator_address=127.0.0.1:{port}",
+                   "--num_processes=2", f"--process_id={i}") for i in range(2)]
+
+
+# Two processes: in `pytest -m slow`.
+@pytest.mark.slow
+@pytest.mark.parametrize("signalled", [1, 0])
+def test_sigterm_to_one_process_saves_the_same_step_on_both(tmp_path, signalled):
+    """SIGTERM to one process of two (a worker, or the coordinator): both save one
+    checkpoint at the same step, which restores, and exit 0."""
+    procs = launch_both(tmp_path)
+    stderrs = [Stderr(p) for p in procs]
+    for stderr in stderrs:
+        stderr.wait_for("first step")
+    procs[signalled].send_signal(signal.SIGTERM)
+    errors = [stderr.text() for stderr in stderrs]
+    assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    pattern = (r"SIGTERM to at least one of the 2 processes: saved a checkpoint at step "
+               r"(\d+) in ")
+    steps = [int(re.search(pattern, e)[1]) for e in errors]
+    assert steps[0] == steps[1] < STEPS
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [str(steps[0])]
+    assert not (tmp_path / "results.json").exists()
+    loop = ocp.CheckpointManager(tmp_path / "checkpoints").restore(
+        steps[0], args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
+    assert loop["step"] == steps[0]
+    assert final_params(tmp_path)  # the train state restores too

@@ -15,7 +15,14 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from meta_semi_jax import ALGORITHMS, algorithms, create_train_state, meta_scores, meta_weights
+from meta_semi_jax import (
+    ALGORITHMS,
+    algorithms,
+    create_train_state,
+    meta_scores,
+    meta_weights,
+    run_set,
+)
 from meta_semi_jax.batches import DeviceData
 from meta_semi_jax.build import sampler_from_config
 from meta_semi_jax.config_base import base_config
@@ -177,3 +184,32 @@ def test_sharded_meta_scores_and_weights_equal_the_concatenated_batch():
     np.testing.assert_allclose(four, one, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(meta_weights(four), meta_weights(one))
     assert 0 < float(jnp.sum(meta_weights(one))) < 16
+
+
+@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
+def test_vmapped_runs_equal_the_runs_one_by_one(mode):
+    """Two runs (other data, other key) stacked on a run axis and trained by one vmapped
+    Meta-Semi step on 4 devices (``run_set.vmapped_step``) reach each run's own states
+    and metrics; float64, so that no 0-1 weight of Eq. (9) sits within float noise of
+    its threshold (in float32 they can flip: ``test_run_set``)."""
+    state, data, step = make_run()
+    other_data = data.replace(labeled_images=data.labeled_images[::-1],
+                              unlabeled_images=data.unlabeled_images[::-1])
+    runs = [(data, jax.random.PRNGKey(2)), (other_data, jax.random.PRNGKey(7))]
+    dp = DataParallel(mode, make_mesh(first_devices(4)))
+    axis = run_set.RunAxis(dp, 2)
+    stacked_state = axis.stack([dp.replicate(state)] * 2)
+    stacked_data = axis.stack([dp.replicate(d) for d, _ in runs])
+    keys = axis.stack([dp.replicate(k) for _, k in runs])
+    joint = run_set.vmapped_step(dp, step, "replicated")
+    single = dp.run(step, ("replicated",) * 3)
+    for _ in range(2):
+        stacked_state, stacked_metrics = joint(stacked_state, stacked_data, keys)
+    for i, (run_data, key) in enumerate(runs):
+        alone = dp.replicate(state)
+        for _ in range(2):
+            alone, metrics = single(alone, dp.replicate(run_data), dp.replicate(key))
+        assert_states_close(dp.unreplicate(axis.take(stacked_state, i)),
+                            dp.unreplicate(alone), rtol=1e-7, atol=1e-9)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-7, atol=1e-9),
+                     dp.unreplicate(axis.take(stacked_metrics, i)), dp.unreplicate(metrics))

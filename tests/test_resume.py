@@ -105,15 +105,19 @@ def test_a_checkpoint_from_another_config_is_refused_and_kept(uninterrupted, tmp
 
 @pytest.mark.slow  # a process with a program of its own (CI runs it)
 def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(uninterrupted, tmp_path):
-    """Resume a finished run's step-60 checkpoint with a learning rate that diverges: the
-    run stops with exit status 3, naming the step and checkpoint 60, which is kept."""
-    shutil.copytree(uninterrupted / "checkpoints" / "60", tmp_path / "checkpoints" / "60")
+    """Resume a finished run's checkpoint before its last step with a learning rate that
+    diverges: the run stops with exit status 3 at the next log step (every 15), naming
+    the step and the checkpoint, which is kept."""
+    step = max(int(p.name) for p in (uninterrupted / "checkpoints").iterdir()
+               if p.name.isdigit() and int(p.name) < 90)  # the kept one before the last
+    shutil.copytree(uninterrupted / "checkpoints" / str(step),
+                    tmp_path / "checkpoints" / str(step))
     proc = run(tmp_path, "--config.allow_config_change=True", "--config.learning_rate=1e30")
     assert proc.returncode == 3, proc.stderr[-3000:]
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "non-finite training metrics by step 75" in error[0]
-    assert "the last good checkpoint is step 60" in error[0]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["60"]
+    assert len(error) == 1 and f"non-finite training metrics by step {step + 15}" in error[0]
+    assert f"the last good checkpoint is step {step}" in error[0]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [str(step)]
     assert not (tmp_path / "results.json").exists()
 
 

@@ -19,10 +19,12 @@ def _stream(key: jax.Array, num_steps: int, batch_size: int, pool_size: int) -> 
                            for s in range(num_steps)])
 
 
-@pytest.mark.parametrize("batch_size,pool_size", [(4, 10), (3, 7), (5, 5), (7, 8)])
+@pytest.mark.parametrize("batch_size,pool_size",
+                         [(4, 10), (3, 7), (5, 5), (7, 8), (13, 6), (32, 30), (64, 40)])
 def test_each_epoch_of_the_stream_is_a_permutation_of_the_pool(batch_size, pool_size):
     """Concatenated batches of steps 0, 1, ... read the pool once per epoch, in a new
-    order every epoch, also when batches straddle epoch boundaries."""
+    order every epoch, also when batches straddle epoch boundaries and when a batch is
+    larger than the pool (FixMatch's 40 labels in batches of 64; digits' 30 in 32)."""
     num_epochs = 6
     num_steps = -(-num_epochs * pool_size // batch_size)
     stream = _stream(jax.random.PRNGKey(0), num_steps, batch_size, pool_size)
@@ -77,13 +79,14 @@ def _recover(images: np.ndarray) -> np.ndarray:
     return np.round(values).astype(int)
 
 
-def test_sample_batch_gathers_normalised_images_with_their_labels():
+@pytest.mark.parametrize("b_l", [4, 16])  # 16: a labeled batch larger than its pool
+def test_sample_batch_gathers_normalised_images_with_their_labels(b_l):
     """With axis_name=None, translate=0 and flip=False: shapes [B_l,...], [B_l],
     [B_u,...]; images float32 (x - mean)/std of pool examples; each label is the label of
     the image drawn; labeled images come from the labeled pool only, unlabeled from the
     unlabeled pool only; over consecutive steps each pool is read once per epoch."""
     data = _device_data()
-    b_l, b_u = 4, 5
+    b_u = 5
     sample = jax.jit(functools.partial(sample_batch, spec=SamplerSpec(
         labeled_batch_size=b_l, unlabeled_batch_size=b_u, translate=0, flip=False),
         axis_name=None))
@@ -103,9 +106,9 @@ def test_sample_batch_gathers_normalised_images_with_their_labels():
         np.testing.assert_array_equal(np.asarray(batch.labels), 7 * lab % 10)
         lab_seen.append(lab)
         unl_seen.append(unl - 100)
-    lab_stream = np.concatenate(lab_seen)  # 48 = 4 epochs of 12
+    lab_stream = np.concatenate(lab_seen)  # 12 b_l: b_l epochs of 12
     unl_stream = np.concatenate(unl_seen)  # 60 = 3 epochs of 20
-    for e in lab_stream.reshape(4, LAB_POOL):
+    for e in lab_stream.reshape(b_l, LAB_POOL):
         np.testing.assert_array_equal(np.sort(e), np.arange(LAB_POOL))
     for e in unl_stream.reshape(3, UNL_POOL):
         np.testing.assert_array_equal(np.sort(e), np.arange(UNL_POOL))

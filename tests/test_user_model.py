@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import meta_semi_jax as ms
-from meta_semi_jax import config_check, export, model_card, train
+from meta_semi_jax import checkpoint, config_check, model_card, train
 from meta_semi_jax.config_check import ConfigError
 from tests.run_files import load_config
 from tests.tiny_models import ConvBatchNormNet
@@ -88,7 +88,7 @@ def test_the_program_trains_a_model_named_by_its_import_path(tmp_path):
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results["model"] == TINY_MODEL
     assert model_card.read_model_json(str(tmp_path)).model == TINY_MODEL
-    _, variables = export.latest_ema_variables(str(tmp_path))
+    _, variables = checkpoint.ema_variables(str(tmp_path), "latest")
     init = jax.jit(ConvBatchNormNet(num_classes=10).init, static_argnames="train")
     expected = init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
     assert jax.tree.structure(variables) == jax.tree.structure(expected)

@@ -33,16 +33,19 @@ def epoch_shuffled_indices(key: jax.Array, step: int | jax.Array, batch_size: in
     """Indices of the ``step``-th batch when a pool is read in a new random order each epoch.
 
     Position ``p = step * batch_size + k`` of the stream is element ``p mod pool_size`` of
-    epoch ``p // pool_size``'s permutation. Needs ``batch_size <= pool_size``, so a batch
-    spans at most two epochs.
+    epoch ``p // pool_size``'s permutation (the permutation of key ``fold_in(key, epoch)``).
+    A batch larger than the pool (FixMatch's 40 labels in batches of 64) spans several
+    epochs; every image is still drawn exactly once per epoch.
     """
     positions = step * batch_size + jnp.arange(batch_size)
     epochs = positions // pool_size
     first = epochs[0]
-    this_epoch = jax.random.permutation(jax.random.fold_in(key, first), pool_size)
-    next_epoch = jax.random.permutation(jax.random.fold_in(key, first + 1), pool_size)
-    within = positions % pool_size
-    return jnp.where(epochs == first, this_epoch[within], next_epoch[within])
+    # A batch starting anywhere in an epoch covers at most this many epochs (static).
+    spanned = (batch_size + pool_size - 2) // pool_size + 1
+    permutations = jnp.stack([
+        jax.random.permutation(jax.random.fold_in(key, first + e), pool_size)
+        for e in range(spanned)])
+    return permutations[epochs - first, positions % pool_size]
 
 
 class BatchKeys(NamedTuple):

@@ -216,15 +216,29 @@ def scan_folder(dataset: str) -> ImageFolder:
                        (height, width, 1 if grey else 3), "L" if grey else "RGB")
 
 
+def read_image(path: str, mode: str | None = None) -> np.ndarray:
+    """The pixels of the image file ``path``, uint8 (H, W, C), in Pillow ``mode``: "L"
+    (C = 1) or "RGB" (C = 3); by default grey images (``GREY_MODES``) in "L" and the
+    other 8-bit ones in "RGB". Raises ``OSError`` (Pillow's ``UnidentifiedImageError``
+    is one) for a file Pillow cannot read and ``ValueError`` for one whose mode is not
+    8-bit (``EIGHT_BIT_MODES``)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode not in EIGHT_BIT_MODES:
+            raise ValueError(f"{path} has Pillow mode {image.mode}; images must have 8 bits "
+                             f"per channel (grey, RGB or RGBA)")
+        own_mode = "L" if image.mode in GREY_MODES else "RGB"
+        pixels = np.asarray(image.convert(mode or own_mode))
+    return pixels.reshape(*pixels.shape[:2], -1)
+
+
 def decode_images(files: list[tuple[str, int]], folder: ImageFolder
                   ) -> tuple[np.ndarray, np.ndarray]:
     """The files' pixels (uint8 NHWC, in ``folder.mode``) and labels (int32)."""
-    from PIL import Image
-
     images = np.empty((len(files), *folder.image_shape), np.uint8)
     for i, (path, _) in enumerate(files):
-        with Image.open(path) as image:
-            images[i] = np.asarray(image.convert(folder.mode)).reshape(folder.image_shape)
+        images[i] = read_image(path, folder.mode)
     return images, np.asarray([label for _, label in files], np.int32)
 
 
