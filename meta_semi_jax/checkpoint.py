@@ -130,13 +130,6 @@ def latest_loop_record(manager: ocp.CheckpointManager) -> dict[str, Any] | None:
     return restored.loop
 
 
-def restore_latest(manager: ocp.CheckpointManager,
-                   host_template: TrainState) -> tuple[TrainState, dict[str, Any]] | None:
-    """The latest complete checkpoint as (host state, loop record), or None if none."""
-    step = manager.latest_step()
-    return None if step is None else restore_step(manager, step, host_template)
-
-
 def restore_step(manager: ocp.CheckpointManager, step: int,
                  host_template: TrainState) -> tuple[TrainState, dict[str, Any]]:
     """Checkpoint ``step`` as (host state shaped like ``host_template``, loop record)."""
@@ -153,8 +146,14 @@ def read_state(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
         return manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore())).state
     except Exception as e:  # orbax raises many types for damaged files
-        raise CheckpointChoiceError(f"the checkpoint at step {step} in {manager.directory} "
-                                    f"cannot be read ({type(e).__name__})") from None
+        raise unreadable(manager, step, e) from None
+
+
+def unreadable(manager: ocp.CheckpointManager, step: int,
+               error: Exception) -> CheckpointChoiceError:
+    """The one-line error of a checkpoint that the reading commands cannot read."""
+    return CheckpointChoiceError(f"the checkpoint at step {step} in {manager.directory} "
+                                 f"cannot be read ({type(error).__name__})")
 
 
 class EvaluatedModelError(ValueError):

@@ -54,9 +54,7 @@ def evaluate(workdir: str, which: str = "best", split: str = "test") -> dict[str
             host_state, _ = checkpoint.restore_step(manager, step,
                                                     dp.unreplicate(training.state))
         except Exception as e:  # orbax raises many types for damaged files
-            raise checkpoint.CheckpointChoiceError(
-                f"the checkpoint at step {step} in {manager.directory} cannot be read "
-                f"({type(e).__name__})") from None
+            raise checkpoint.unreadable(manager, step, e) from None
     finally:
         manager.close()
     evaluator = training.test_eval if split == "test" else training.val_eval

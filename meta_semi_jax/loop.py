@@ -332,7 +332,8 @@ def run_training(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequenc
         if stream is not None:  # the batch of the step that starts at state.step
             device_data = stream.with_batch(device_data, step - 1)
         state, metrics = step_fn(state, device_data, run_keys)
-        run_metrics = [run.counts.add(axis.take(metrics, i)) for i, run in enumerate(runs)]
+        run_metrics = [run.counts.add(m) for run, m in zip(runs, axis.split(metrics),
+                                                            strict=True)]
         if step == first_step:
             jax.block_until_ready(metrics)
             logging.info("first step (with compilation) took %.1f s", time.time() - start)

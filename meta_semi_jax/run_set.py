@@ -51,6 +51,8 @@ class RunAxis:
     def __init__(self, dp: DataParallel, num_runs: int):
         self.dp = dp
         self.num_runs = num_runs
+        # Every run's slice in one compiled call: the loop splits each step's metrics.
+        self._split = jax.jit(lambda tree: [self.take(tree, i) for i in range(num_runs)])
 
     def stack(self, trees: Sequence[Any]) -> Any:
         """The runs' replicated trees as one replicated tree with a run axis (stacked on
@@ -62,6 +64,11 @@ class RunAxis:
         # optimiser functions) are equal in every run, as objects of their own.
         stacked = [np.stack(leaves) for leaves in zip(*hosts, strict=True)]
         return self.dp.replicate(jax.tree.unflatten(jax.tree.structure(trees[0]), stacked))
+
+    def split(self, tree: Any) -> list[Any]:
+        """Each run's slice of a stacked replicated tree (``take`` of every run, as one
+        call)."""
+        return [tree] if self.num_runs == 1 else self._split(tree)
 
     def take(self, tree: Any, index: int) -> Any:
         """Run ``index``'s slice of a stacked replicated tree (still replicated)."""
