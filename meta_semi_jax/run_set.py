@@ -3,9 +3,11 @@
 
 Run ``i`` of a set is the run of ``run_config(config, i)``: seed ``seed + i`` and split
 seed ``split_seed + i`` (``split_seed`` for all with ``parallel_runs_share_split``),
-with ``num_parallel_runs=1``: trained alone with that config it gives the same numbers
-(a test checks it). Its files go to ``DIR/run_<i>`` exactly as a single run's go to
-its workdir (config, split, model card, metrics, TensorBoard, checkpoints, results), so
+with ``num_parallel_runs=1``: trained alone with that config it takes the same steps up
+to float rounding (exact in float64: ``test_parallel``; in float32 the rounding grows
+along the run as under another device count). Its files go to ``DIR/run_<i>`` as a
+single run's go to its workdir (config, split, model card, metrics, TensorBoard,
+checkpoints, results), so
 ``evaluate``, ``predict`` and ``export`` read it like any run.
 
 The step is ``jax.vmap`` of the per-device step over a leading run axis of the train
