@@ -1,10 +1,10 @@
 """Tabulates finished runs next to the paper's numbers, and plots their training curves.
 
-    python -m experiments.report --root=DIR [--dataset=digits]
+    python -m experiments.report --root=DIR [--dataset=digits|fashion_mnist]
 
 Writes ``DIR/report.md``: per table, mean ± sample std over seeds of the test error (%)
 of the final model, the number of finished seeds, and the paper's value (for the
-digits edition: the paper's value of the analogous cell, and both rankings); and
+digits and Fashion-MNIST editions: the paper's value of the analogous cell, and both rankings); and
 ``DIR/plots/*.png``: test error vs step per method, the beta sensitivity (Fig. 3), the
 share of pseudo-labelled examples that Eq. (9) selects, and the accuracy of the
 selected vs rejected pseudo labels. Missing runs are listed, never fatal.
@@ -224,13 +224,13 @@ def report(root: str, edition: str) -> str:
     runs = Runs(root)
     plots = os.path.join(root, "plots")
     os.makedirs(plots, exist_ok=True)
-    digits = edition == "digits"
+    analogous = edition != "paper"  # a small edition: the paper's analogous cells
     out = [f"# Meta-Semi experiments ({edition} edition)", "",
            "Test error (%) of the final model, mean ± sample std over split seeds "
            "(finished seeds in brackets)" + (
                "; 'paper' is the paper's value of the analogous cell (Table 1: CIFAR-10, "
                "1000 labels; Table 5: CIFAR-100, 4000 labels), shown for the ordering."
-               if digits else "; 'paper' is the paper's value."), ""]
+               if analogous else "; 'paper' is the paper's value."), ""]
     for table in tables.TABLES[edition]:
         cells = tables.cells(edition, table)
         if table == "4":
@@ -239,7 +239,7 @@ def report(root: str, edition: str) -> str:
                 out += time_budget_table(budget, cells, runs) + [""]
             continue
         title = "Figure 3" if table == "fig3" else f"Table {table}"
-        out += [f"## {title}", ""] + error_table(cells, runs, digits and table != "fig3") + [""]
+        out += [f"## {title}", ""] + error_table(cells, runs, analogous and table != "fig3") + [""]
         written = [plot_beta(cells, runs, plots)] if table == "fig3" else []
         prefix = "fig3" if table == "fig3" else f"table{table}"
         for group in dict.fromkeys(c.group for c in cells):
@@ -250,7 +250,7 @@ def report(root: str, edition: str) -> str:
         missing = [c.run_name for c in cells if not runs.seed_dirs(c)]
         if missing:
             out += [f"No finished run yet: {', '.join(dict.fromkeys(missing))}.", ""]
-    flag = " --dataset=digits" if digits else ""
+    flag = f" --dataset={edition}" if analogous else ""
     out += ["## Commands", "", "```"] + [
         f"python -m experiments.run --table={t} --seeds=N --root=ROOT{flag}"
         for t in tables.TABLES[edition]] + [

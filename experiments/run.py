@@ -124,11 +124,12 @@ def main(argv: Sequence[str]) -> None:
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("table", None, "Table: 1, 2, 3, 4, 5 or fig3 (digits: 1, 5, fig3).")
+    flags.DEFINE_string("table", None,
+                        "Table: 1, 2, 3, 4, 5 or fig3 (digits: 1, 5, fig3; fashion_mnist: 1, 5).")
     flags.DEFINE_integer("seeds", 5, "Runs per cell, with seed = split_seed = 0..n-1.")
     flags.DEFINE_string("root", None, "Directory of all runs.")
     flags.DEFINE_enum("dataset", "paper", list(tables.EDITIONS),
-                      "paper: the paper's datasets; digits: the laptop edition.")
+                      "paper: the paper's datasets; digits and fashion_mnist: the CPU editions.")
     flags.DEFINE_list("cells", [], "Keep runs whose '<config>_<labels>/<method>' "
                       "contains one of these strings.")
     flags.DEFINE_string("shard", "0/1", "i/n: run the i-th of n interleaved slices.")

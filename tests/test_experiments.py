@@ -46,6 +46,21 @@ def test_the_digits_edition_has_the_listed_rows():
         tables.cells("digits", "2")
 
 
+def test_the_fashion_mnist_edition_runs_the_digits_rows_on_the_configs_own_length():
+    for table in ("1", "5"):
+        digits, fashion = tables.cells("digits", table), tables.cells("fashion_mnist", table)
+        assert [c.method for c in fashion] == [c.method for c in digits]
+        assert {c.group for c in fashion} == {"fashion_mnist_1000"}
+    # Table 5's Meta-Semi rows are Table 1's runs: 13 + 7 distinct runs per seed.
+    cells = tables.cells("fashion_mnist")
+    assert len({c.run_name for c in cells}) == 20
+    runs = run.runs_of(cells, "/r", 3, list(tables.EDITION_OVERRIDES["fashion_mnist"]))
+    assert len(runs) == 60 and not any("num_train_steps" in " ".join(r.command) for r in runs)
+    assert tables.load_config("fashion_mnist", 1000).num_train_steps == 2400
+    with pytest.raises(ValueError, match="not in the fashion_mnist edition"):
+        tables.cells("fashion_mnist", "fig3")
+
+
 def test_shards_are_disjoint_and_cover_the_runs_and_cells_filter():
     runs = run.runs_of(tables.cells("paper", "5"), "/r", 3, [])
     assert len(runs) == 9 * 2 * 3
