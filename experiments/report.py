@@ -28,6 +28,7 @@ from experiments import tables  # noqa: E402
 
 FLAGS = flags.FLAGS
 META_TYPE = ("meta_semi", "meta_semi_ict", "l2rw")
+TITLES = {"fig3": "Figure 3", "scores": "Cheaper meta scores (meta_grad)"}
 
 
 def read_json(path: str) -> Any:
@@ -103,6 +104,27 @@ def error_table(cells: Sequence[tables.Cell], runs: Runs, with_ranks: bool) -> l
         if with_ranks:
             cols += [our_ranks[row], paper_ranks[row]]
         lines.append("| " + " | ".join(cols) + " |")
+    return lines
+
+
+def selection_agreement(curve: Sequence[dict[str, Any]]) -> float | None:
+    """The share (%) of Eq. (9) selections that a cheaper score shares with the exact
+    one over all of a run's steps (``log_selection_agreement``); None where not logged."""
+    counted = [(r["selection_agreement_accuracy"], r["selection_agreement_count"])
+               for r in curve if r.get("selection_agreement_count")]
+    total = sum(count for _, count in counted)
+    return sum(a * count for a, count in counted) / total if total else None
+
+
+def agreement_table(cells: Sequence[tables.Cell], runs: Runs) -> list[str]:
+    """Markdown: per method, its selections shared with the exact score, per seed."""
+    lines = ["| method | Eq. (9) selections shared with the exact score, per seed (%) |",
+             "|---|---|"]
+    for cell in cells:
+        shares = [selection_agreement(curve) for curve in runs.curves(cell)]
+        shown = [f"{v:.2f}" for v in shares if v is not None]
+        if shown:
+            lines.append(f"| {cell.method.row} | {' / '.join(shown)} |")
     return lines
 
 
@@ -238,10 +260,13 @@ def report(root: str, edition: str) -> str:
             for budget in tables.TABLE4:
                 out += time_budget_table(budget, cells, runs) + [""]
             continue
-        title = "Figure 3" if table == "fig3" else f"Table {table}"
-        out += [f"## {title}", ""] + error_table(cells, runs, analogous and table != "fig3") + [""]
+        title = TITLES.get(table, f"Table {table}")
+        ranked = analogous and table in ("1", "5")
+        out += [f"## {title}", ""] + error_table(cells, runs, ranked) + [""]
+        if table == "scores":
+            out += agreement_table(cells, runs) + [""]
         written = [plot_beta(cells, runs, plots)] if table == "fig3" else []
-        prefix = "fig3" if table == "fig3" else f"table{table}"
+        prefix = f"table{table}" if table.isdigit() else table
         for group in dict.fromkeys(c.group for c in cells):
             written += plot_group([c for c in cells if c.group == group], runs, plots,
                                   f"{prefix}_{group}")

@@ -46,19 +46,28 @@ def test_the_digits_edition_has_the_listed_rows():
         tables.cells("digits", "2")
 
 
-def test_the_fashion_mnist_edition_runs_the_digits_rows_on_the_configs_own_length():
+def test_the_fashion_mnist_edition_runs_the_digits_rows_on_the_configs_own_length(tmp_path):
     for table in ("1", "5"):
         digits, fashion = tables.cells("digits", table), tables.cells("fashion_mnist", table)
         assert [c.method for c in fashion] == [c.method for c in digits]
         assert {c.group for c in fashion} == {"fashion_mnist_1000"}
-    # Table 5's Meta-Semi rows are Table 1's runs: 13 + 7 distinct runs per seed.
+    # Table 5's Meta-Semi rows are Table 1's runs: 13 + 7 distinct runs per seed, and
+    # the cheaper scores' table adds two (its exact row is Table 1's Meta-Semi).
     cells = tables.cells("fashion_mnist")
-    assert len({c.run_name for c in cells}) == 20
+    assert len({c.run_name for c in cells}) == 22
+    assert {c.run_name for c in tables.cells("fashion_mnist", "scores")} == {
+        "fashion_mnist_1000/meta_semi",
+        "fashion_mnist_1000/meta_semi__log_selection_agreement=True,meta_grad=last_layer",
+        "fashion_mnist_1000/meta_semi__log_selection_agreement=True,"
+        "meta_grad=finite_difference"}
     runs = run.runs_of(cells, "/r", 3, list(tables.EDITION_OVERRIDES["fashion_mnist"]))
-    assert len(runs) == 60 and not any("num_train_steps" in " ".join(r.command) for r in runs)
+    assert len(runs) == 66 and not any("num_train_steps" in " ".join(r.command) for r in runs)
     assert tables.load_config("fashion_mnist", 1000).num_train_steps == 2400
     with pytest.raises(ValueError, match="not in the fashion_mnist edition"):
         tables.cells("fashion_mnist", "fig3")
+    text = report.report(str(tmp_path), "fashion_mnist")  # nothing run yet: all missing
+    assert "## Cheaper meta scores (meta_grad)" in text and "--dataset=fashion_mnist" in text
+    assert text.count("No finished run yet") == 3
 
 
 def test_shards_are_disjoint_and_cover_the_runs_and_cells_filter():
@@ -69,6 +78,16 @@ def test_shards_are_disjoint_and_cover_the_runs_and_cells_filter():
     assert sorted(names) == sorted(r.workdir for r in runs) and len(set(names)) == len(names)
     kept = run.select(runs, "/r", ["cifar100_4000/meta_semi__mixup"], "0/1")
     assert len(kept) == 3 * 3  # three MixUp ablations, three seeds
+
+
+def test_selection_agreement_weights_each_evaluation_by_its_count():
+    curve = [{"step": 10, "selection_agreement_accuracy": 80.0,
+              "selection_agreement_count": 100},
+             {"step": 20, "test_accuracy": 90.0},
+             {"step": 30, "selection_agreement_accuracy": 90.0,
+              "selection_agreement_count": 300}]
+    assert report.selection_agreement(curve) == pytest.approx(87.5)
+    assert report.selection_agreement(curve[1:2]) is None
 
 
 def test_mean_std_ranks_and_time_lookup():
