@@ -137,7 +137,8 @@ def define_flags() -> None:
     flags.DEFINE_multi_string("override", [], "field=value for every run, e.g. "
                               "num_train_steps=100 (not part of the run's name).")
     flags.DEFINE_bool("parallel_runs", False, "Train each cell's seeds together in one "
-                      "process (one vmapped step: --config.num_parallel_runs=seeds).")
+                      "process (one vmapped step: --config.num_parallel_runs=seeds); for "
+                      "GPUs: on a CPU it is slower than separate runs (PERF.md).")
     flags.DEFINE_bool("dry_run", False, "Print the commands only.")
     flags.mark_flags_as_required(["table", "root"])
 
