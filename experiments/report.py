@@ -5,9 +5,9 @@
 Writes ``DIR/report.md``: per table, mean ± sample std over seeds of the test error (%)
 of the final model, the number of finished seeds, and the paper's value (for the
 digits and Fashion-MNIST editions: the paper's value of the analogous cell, and both rankings); and
-``DIR/plots/*.png``: test error vs step per method, the beta sensitivity (Fig. 3), the
-share of pseudo-labelled examples that Eq. (9) selects, and the accuracy of the
-selected vs rejected pseudo labels. Missing runs are listed, never fatal.
+``DIR/plots/*.png``: test and validation error vs step per method, the beta
+sensitivity (Fig. 3), the share of pseudo-labelled examples that Eq. (9) selects, and
+the accuracy of the selected vs rejected pseudo labels. Missing runs are listed, never fatal.
 """
 from __future__ import annotations
 
@@ -193,11 +193,13 @@ def plot_group(cells: Sequence[tables.Cell], runs: Runs, plots: str, name: str) 
     with_curves = [(c, curves) for c, curves in with_curves if curves]
     if not with_curves:
         return written
-    for c, curves in with_curves:
-        plt.plot(*mean_curve(curves, "test_accuracy", lambda a: 100.0 - a), label=c.method.row)
-    path = os.path.join(plots, f"test_error_{name}.png")
-    save_plot(path, f"test error, {name}", "test error (%)")
-    written.append(path)
+    for split in ("test", "val"):
+        for c, curves in with_curves:
+            plt.plot(*mean_curve(curves, f"{split}_accuracy", lambda a: 100.0 - a),
+                     label=c.method.row)
+        path = os.path.join(plots, f"{split}_error_{name}.png")
+        save_plot(path, f"{split} error, {name}", f"{split} error (%)")
+        written.append(path)
     meta = [(c, curves) for c, curves in with_curves if c.method.algorithm in META_TYPE]
     if any(mean_curve(curves, "selected")[0] for _, curves in meta):
         for c, curves in meta:

@@ -147,6 +147,6 @@ def test_runner_skips_finished_runs_and_the_report_has_numbers_and_plots(tmp_pat
     meta_row = next(line for line in text.splitlines() if line.startswith("| Meta-Semi |"))
     assert f"{report.mean_std(errors)} (2) | 10.27 ± 0.66 |" in meta_row
     assert "No finished run yet: digits_50/supervised" in text
-    for name in ("test_error_table1_digits_50.png", "selected_table1_digits_50.png",
-                 "pseudo_label_accuracy_table1_digits_50.png"):
+    for name in ("test_error_table1_digits_50.png", "val_error_table1_digits_50.png",
+                 "selected_table1_digits_50.png", "pseudo_label_accuracy_table1_digits_50.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
