@@ -62,7 +62,8 @@ def test_the_fashion_mnist_edition_runs_the_digits_rows_on_the_configs_own_lengt
         "meta_grad=finite_difference"}
     runs = run.runs_of(cells, "/r", 3, list(tables.EDITION_OVERRIDES["fashion_mnist"]))
     assert len(runs) == 66 and not any("num_train_steps" in " ".join(r.command) for r in runs)
-    assert tables.load_config("fashion_mnist", 1000).num_train_steps == 2400
+    config = tables.load_config("fashion_mnist", 1000)
+    assert (config.num_train_steps, config.ema_decay) == (2400, 0.99)
     with pytest.raises(ValueError, match="not in the fashion_mnist edition"):
         tables.cells("fashion_mnist", "fig3")
     text = report.report(str(tmp_path), "fashion_mnist")  # nothing run yet: all missing
