@@ -4,10 +4,12 @@
 
 Writes ``DIR/report.md``: per table, mean ± sample std over seeds of the test error (%)
 of the final model, the number of finished seeds, and the paper's value (for the
-digits and Fashion-MNIST editions: the paper's value of the analogous cell, and both rankings); and
-``DIR/plots/*.png``: test and validation error vs step per method, the beta
+digits and Fashion-MNIST editions: the paper's value of the analogous cell, and both
+rankings; for the cheaper scores, each run's share of the exact score's selections);
+and ``DIR/plots/*.png``: test and validation error vs step per method, the beta
 sensitivity (Fig. 3), the share of pseudo-labelled examples that Eq. (9) selects, and
-the accuracy of the selected vs rejected pseudo labels. Missing runs are listed, never fatal.
+the accuracy of the selected vs rejected pseudo labels. Missing runs are listed,
+never fatal.
 """
 from __future__ import annotations
 
