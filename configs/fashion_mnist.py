@@ -82,12 +82,12 @@ def get_config(num_labels: str = "1000") -> ml_collections.ConfigDict:
     c.num_train_steps = PAPER_EPOCHS * STEPS_PER_RECIPE_EPOCH
     c.eval_every_steps = 200
     c.log_every_steps = 100
-    recipe_epoch = STEPS_PER_RECIPE_EPOCH
-    set_baseline_recipes(c, steps_per_epoch=recipe_epoch, num_train_images=unlabeled,
+    set_baseline_recipes(c, steps_per_epoch=STEPS_PER_RECIPE_EPOCH,
+                         num_train_images=unlabeled,
                          mixmatch_weight=75.0,
                          vat_epsilon=VAT_EPSILON * (784 / 3072) ** 0.5)
     # Mean Teacher's ramp-up is 80 epochs of the training set in its recipe, too.
     for section in (c.mean_teacher, c.mean_teacher_fast_swa, c.sntg):
-        section.rampup_steps = 80 * recipe_epoch
+        section.rampup_steps = 80 * STEPS_PER_RECIPE_EPOCH
     c.mixmatch.rampup_steps = c.get_ref("num_train_steps") // 64
     return c
