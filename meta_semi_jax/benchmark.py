@@ -111,11 +111,12 @@ def time_row(workload: Workload, model: str, row: str, steps: int,
     config.labeled_batch_size = workload.labeled_batch_size
     config.unlabeled_batch_size = workload.unlabeled_batch_size
     config.translate, config.flip = 2, True
-    trainings = [build.build_training(config, synthetic_data(workload))
-                 for _ in range(num_runs)]
+    ssl = synthetic_data(workload)
+    trainings = [build.build_training(config, ssl) for _ in range(num_runs)]
     axis = run_set.RunAxis(trainings[0].dp, num_runs)
-    state, data, key = (axis.stack([getattr(t, field) for t in trainings])
-                        for field in ("state", "data", "run_key"))
+    state, key = (axis.stack([getattr(t, field) for t in trainings])
+                  for field in ("state", "run_key"))
+    data = axis.place([build.host_pools(ssl)] * num_runs)
     compiled = run_set.joint_step(trainings).lower(state, data, key).compile()
     for _ in range(1 + warmup):
         state, metrics = compiled(state, data, key)

@@ -55,45 +55,51 @@ def sampler_from_config(config: ml_collections.ConfigDict, unlabeled_views: int)
                        unlabeled_views=unlabeled_views)
 
 
-# A replicated state -> the same state whose EMA model (``ema_params``, ``ema_batch_stats``)
-# is the model to evaluate.
-Evaluated = Callable[[TrainState], TrainState]
+# A run's training pools on the devices, made when asked: a single run's placed pools, or
+# a parallel run's slice of the set's stacked pools (``run_set``), taken only when needed.
+DataSource = Callable[[], DeviceData]
+# (replicated state, the run's pools) -> the same state whose EMA model (``ema_params``,
+# ``ema_batch_stats``) is the model to evaluate.
+Evaluated = Callable[[TrainState, DataSource], TrainState]
 
 
-def the_ema_model(state: TrainState) -> TrainState:
-    """What every algorithm without a weight average evaluates: the EMA model as it is."""
+def the_ema_model(state: TrainState, data: DataSource) -> TrainState:
+    """What every algorithm without a weight average evaluates: the EMA model as it is
+    (``data`` is not read)."""
     return state
 
 
 def evaluated_model(dp: DataParallel, algorithm: algorithms.Algorithm, sampler: SamplerSpec,
-                    data: DeviceData, data_kinds: Any, run_key: jax.Array) -> Evaluated:
+                    data_kinds: Any, run_key: jax.Array) -> Evaluated:
     """The one place that says which model the evaluations (validation, test,
     results.json) measure: the EMA model (``the_ema_model``), or, for an algorithm with
     a ``weight_average`` (fast-SWA), its average with BatchNorm statistics recomputed on
-    the devices (``bn_recompute.device_average_variables``, data-parallel like the
-    evaluation), put in the EMA model's place of a copy of the state."""
+    the devices from the run's pools (``bn_recompute.device_average_variables``,
+    data-parallel like the evaluation), put in the EMA model's place of a copy of the
+    state."""
     spec = algorithm.weight_average
     if spec is None:
         return the_ema_model
     fn = dp.run(functools.partial(device_average_variables, sampler=sampler, spec=spec),
                 ("replicated", data_kinds, "replicated"))
 
-    def average_model(state: TrainState) -> TrainState:
-        params, batch_stats = fn(state, data, run_key)
+    def average_model(state: TrainState, data: DataSource) -> TrainState:
+        params, batch_stats = fn(state, data(), run_key)
         return state.replace(ema_params=params, ema_batch_stats=batch_stats)
     return average_model
 
 
 @dataclasses.dataclass(frozen=True)
 class Training:
-    """Everything a run's loop needs, already on the devices. ``evaluated``: the state
-    whose EMA model the evaluators measure (``evaluated_model``)."""
+    """Everything a run's loop needs, already on the devices but its training pools
+    (``place_data``, or ``run_set.RunAxis.place`` for a set of runs, which would
+    otherwise hold each run's pools twice). ``evaluated``: the state whose EMA model the
+    evaluators measure (``evaluated_model``)."""
     dp: DataParallel
     step_fn: jax.stages.Wrapped  # (state, data, run_key) -> (state, metrics)
     device_step: Callable[..., Any]  # the per-device step that step_fn runs over AXIS
     data_kinds: Any  # DeviceData with the placement kind of each leaf (dp.run's in_kinds)
     state: TrainState
-    data: DeviceData
     run_key: jax.Array
     val_eval: Evaluator
     test_eval: Evaluator
@@ -112,21 +118,32 @@ def unlabeled_pool_size(config: ml_collections.ConfigDict, num_unlabeled: int,
     return num_unlabeled
 
 
-def place_data(dp: DataParallel, ssl: data_lib.SSLData, unlabeled_kind: str,
+def host_pools(ssl: data_lib.SSLData) -> DeviceData:
+    """A run's training pools as the devices hold them when replicated, on the host: the
+    labeled pool, the unlabeled pool with its hidden labels (for diagnostics only), and
+    the normalisation (NumPy leaves in DeviceData's tree)."""
+    return cast(Any, DeviceData)(
+        labeled_images=ssl.labeled_images, labeled_labels=ssl.labeled_labels,
+        unlabeled_images=ssl.unlabeled_images, unlabeled_labels=ssl.unlabeled_labels,
+        mean=ssl.mean, std=ssl.std)
+
+
+def place_data(dp: DataParallel, ssl: data_lib.SSLData, config: ml_collections.ConfigDict,
                stream: HostStream | None = None) -> DeviceData:
-    """Training pools on the devices: the labeled pool replicated, the unlabeled pool
-    (with its hidden labels, for diagnostics only) replicated, sharded (then cut to a
-    multiple of the device count, dropping at most D - 1 images at its end), or, with
-    ``stream``, only the first step's unlabeled batch."""
-    pool = (ssl.unlabeled_images, ssl.unlabeled_labels)
+    """A run's training pools on the devices (``host_pools``): the labeled pool
+    replicated, the unlabeled pool as ``config.unlabeled_placement`` says: replicated,
+    sharded (then cut to a multiple of the device count, dropping at most D - 1 images at
+    its end), or, for ``host`` (``stream``: ``Training.stream``), only the first step's
+    unlabeled batch."""
+    if config.unlabeled_placement == "replicated":
+        return cast(DeviceData, dp.replicate(host_pools(ssl)))
     unlabeled: tuple[jax.Array, jax.Array]
-    if stream is not None:
+    if config.unlabeled_placement == "host":
+        assert stream is not None, "build_training makes the stream of a host placement"
         unlabeled = stream.batch(0)
-    elif unlabeled_kind == "sharded":
-        keep = len(ssl.unlabeled_labels) - len(ssl.unlabeled_labels) % dp.num_devices
-        unlabeled = dp.shard(jax.tree.map(lambda x: x[:keep], pool))
     else:
-        unlabeled = dp.replicate(pool)
+        keep = len(ssl.unlabeled_labels) - len(ssl.unlabeled_labels) % dp.num_devices
+        unlabeled = dp.shard((ssl.unlabeled_images[:keep], ssl.unlabeled_labels[:keep]))
     return DeviceData(labeled_images=dp.replicate(ssl.labeled_images),
                       labeled_labels=dp.replicate(ssl.labeled_labels),
                       unlabeled_images=unlabeled[0], unlabeled_labels=unlabeled[1],
@@ -173,17 +190,14 @@ def build_training(config: ml_collections.ConfigDict, ssl: data_lib.SSLData) -> 
     if config.unlabeled_placement == "host":
         stream = HostStream(dp, ssl.unlabeled_images, ssl.unlabeled_labels,
                             step_keys(run_key, 0)[0], config.unlabeled_batch_size)
-    device_data = place_data(dp, ssl, config.unlabeled_placement, stream)
     device_run_key = dp.replicate(run_key)
     return Training(
         dp=dp, step_fn=step_fn, device_step=device_step, data_kinds=data_kinds,
-        state=dp.replicate(state), data=device_data,
-        run_key=device_run_key,
+        state=dp.replicate(state), run_key=device_run_key,
         val_eval=Evaluator(dp, ssl.val_images, ssl.val_labels, ssl.mean, ssl.std,
                            config.eval_batch_size, ssl.num_classes),
         test_eval=Evaluator(dp, ssl.test_images, ssl.test_labels, ssl.mean, ssl.std,
                             config.eval_batch_size, ssl.num_classes),
         ratio_fn=ratio_fn, stream=stream,
         probe=selection_probe(config, dp, ssl, algorithm),
-        evaluated=evaluated_model(dp, algorithm, sampler, device_data, data_kinds,
-                                  device_run_key))
+        evaluated=evaluated_model(dp, algorithm, sampler, data_kinds, device_run_key))

@@ -21,7 +21,7 @@ from typing import Any
 from absl import app, flags
 
 from meta_semi_jax import checkpoint, cli
-from meta_semi_jax.build import build_training, load_checked_data
+from meta_semi_jax.build import build_training, load_checked_data, place_data
 from meta_semi_jax.config_check import ConfigError
 from meta_semi_jax.data import DataError
 from meta_semi_jax.model_card import ModelCardError, read_model_json
@@ -58,7 +58,8 @@ def evaluate(workdir: str, which: str = "best", split: str = "test") -> dict[str
     finally:
         manager.close()
     evaluator = training.test_eval if split == "test" else training.val_eval
-    summary = evaluator.summary(training.evaluated(dp.replicate(host_state)))
+    summary = evaluator.summary(training.evaluated(
+        dp.replicate(host_state), lambda: place_data(dp, ssl, config, training.stream)))
     # The fields of evaluation.EvalSummary.to_json, with what was evaluated.
     report = {"checkpoint": which, "step": step, "split": split,
               "num_devices": dp.num_devices, "class_names": card.class_names,

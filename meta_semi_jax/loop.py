@@ -11,6 +11,7 @@ the best validation accuracy; it never selects anything.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -25,8 +26,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from meta_semi_jax import __version__, checkpoint, data as data_lib, run_set
-from meta_semi_jax.build import Training, build_training
+from meta_semi_jax.batches import DeviceData
+from meta_semi_jax.build import DataSource, Training, build_training, host_pools, place_data
 from meta_semi_jax.config_check import ConfigError
+from meta_semi_jax.data.host_stream import HostStream
 from meta_semi_jax.logs import RunLog
 from meta_semi_jax.parallel import DataParallel, bytes_on_this_process
 from meta_semi_jax.run_dir import damaged_checkpoint, write_json
@@ -225,6 +228,7 @@ class Run:
     ssl: data_lib.SSLData
     manager: ocp.CheckpointManager
     training: Training
+    data: DataSource  # its training pools on the devices (fast-SWA's average, Assumption 1)
     loop: LoopState
     run_log: RunLog
     counts: SelectionCounts  # summed between evaluations
@@ -236,17 +240,15 @@ class Run:
 
 
 def start_run(config: ml_collections.ConfigDict, workdir: str, ssl: data_lib.SSLData,
-              manager: ocp.CheckpointManager, training: Training, loop: LoopState,
-              name: str) -> Run:
+              manager: ocp.CheckpointManager, training: Training, data: DataSource,
+              loop: LoopState, name: str) -> Run:
     """A run's records, opened where its restored ``loop`` left them."""
     dp = training.dp
     logging.info("%s on %s with %d labels (split %s, seed %d), %d unlabeled, %d devices "
                  "(%s)", config.algorithm, config.dataset, config.num_labels,
                  ssl.split.digest(), config.seed, len(ssl.unlabeled_labels), dp.num_devices,
                  config.parallel)
-    logging.info("unlabeled images (%s): %d bytes on this process's devices",
-                 config.unlabeled_placement, bytes_on_this_process(training.data.unlabeled_images))
-    return Run(config, workdir, ssl, manager, training, loop,
+    return Run(config, workdir, ssl, manager, training, data, loop,
                RunLog(workdir, last_step=loop.step), SelectionCounts(dp, loop.selection_counts),
                loop.wall_seconds, name)
 
@@ -258,7 +260,7 @@ def evaluate_run(run: Run, state: TrainState, step: int, metrics: dict[str, jax.
     best validation accuracy so far."""
     training, loop = run.training, run.loop
     dp = training.dp
-    evaluated = training.evaluated(state)
+    evaluated = training.evaluated(state, run.data)
     loop.val_accuracy = val_accuracy = training.val_eval.accuracy(evaluated)
     # The test error is logged for the learning curves only; nothing selects on it.
     record = {"step": step, "val_accuracy": val_accuracy,
@@ -269,7 +271,7 @@ def evaluate_run(run: Run, state: TrainState, step: int, metrics: dict[str, jax.
     if new_best:
         loop.best = BestEvaluation(val_accuracy, step, record["test_accuracy"])
     if training.ratio_fn is not None:
-        record.update(host_metrics(training.ratio_fn(state, training.data, training.run_key),
+        record.update(host_metrics(training.ratio_fn(state, run.data(), training.run_key),
                                    dp))
     if training.probe is not None:
         record.update(training.probe.metrics(state))
@@ -293,15 +295,31 @@ def finish_run(run: Run, state: TrainState, start: float) -> dict[str, Any]:
     """results.json of a run whose last step is done (its final state)."""
     training = run.training
     results = final_results(run.config, run.ssl, run.loop,
-                            training.test_eval.accuracy(training.evaluated(state)),
-                            best_checkpoint_test_accuracy(run.manager, training, state,
-                                                          run.loop),
+                            training.test_eval.accuracy(training.evaluated(state, run.data)),
+                            best_checkpoint_test_accuracy(run, state),
                             training.dp.num_devices, run.wall_seconds(start))
     run.run_log.close()
     write_json(run.workdir, "results.json", results)
     logging.info("%sfinal test error %.2f%% (best-validation model: %.2f%%)", run.name,
                  results["test_error"], results["best_val_test_error"])
     return results
+
+
+def place_pools(axis: RunAxis, config: ml_collections.ConfigDict,
+                ssls: Sequence[data_lib.SSLData],
+                stream: HostStream | None) -> tuple[DeviceData, list[DataSource]]:
+    """The training pools the step reads, on the devices (``build.place_data``; a set's
+    stacked along the run axis and placed once, ``RunAxis.place``), and each run's
+    source of its own (a set's run takes its slice only when asked)."""
+    if axis.num_runs == 1:
+        data = place_data(axis.dp, ssls[0], config, stream)
+        sources: list[DataSource] = [lambda: data]
+    else:
+        data = axis.place([host_pools(ssl) for ssl in ssls])
+        sources = [functools.partial(axis.take, data, i) for i in range(axis.num_runs)]
+    logging.info("unlabeled images (%s): %d bytes on this process's devices",
+                 config.unlabeled_placement, bytes_on_this_process(data.unlabeled_images))
+    return data, sources
 
 
 def run_training(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str],
@@ -317,11 +335,13 @@ def run_training(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequenc
     step_fn = run_set.joint_step(trainings)
     resumed = resume_step(managers)
     restored = [restore(m, t, resumed) for m, t in zip(managers, trainings, strict=True)]
+    device_data, sources = place_pools(axis, configs[0], ssls, trainings[0].stream)
     names = [""] if len(trainings) == 1 else [f"run_{i}: " for i in range(len(trainings))]
-    runs = [start_run(c, d, s, m, t, loop, name) for c, d, s, m, t, (_, loop), name
-            in zip(configs, workdirs, ssls, managers, trainings, restored, names, strict=True)]
+    runs = [start_run(c, d, s, m, t, source, loop, name)
+            for c, d, s, m, t, source, (_, loop), name
+            in zip(configs, workdirs, ssls, managers, trainings, sources, restored, names,
+                   strict=True)]
     state = axis.stack([state for state, _ in restored])
-    device_data = axis.stack([t.data for t in trainings])
     run_keys = axis.stack([t.run_key for t in trainings])
     stream = trainings[0].stream  # the host placement: single runs only (config_check)
     config = configs[0]  # the fields that all runs of a set share
@@ -367,11 +387,11 @@ def run_training(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequenc
     return [finish_run(run, axis.take(state, i), start) for i, run in enumerate(runs)]
 
 
-def best_checkpoint_test_accuracy(manager: ocp.CheckpointManager, training: Training,
-                                  state: TrainState, loop: LoopState) -> float:
-    """Test accuracy of the best-validation model, evaluated on its kept checkpoint.
+def best_checkpoint_test_accuracy(run: Run, state: TrainState) -> float:
+    """Test accuracy of ``run``'s best-validation model, evaluated on its kept checkpoint.
     A run resumed from checkpoints that predate best-model tracking may have lost that
     checkpoint; its test accuracy as measured at the time is used then."""
+    manager, training, loop = run.manager, run.training, run.loop
     manager.wait_until_finished()
     if manager.best_step() != loop.best.step:
         logging.warning("the best-validation checkpoint (step %d) was not kept; reporting "
@@ -380,7 +400,7 @@ def best_checkpoint_test_accuracy(manager: ocp.CheckpointManager, training: Trai
     dp = training.dp
     # ``state`` (the final one) shapes the restore: the step consumed ``training.state``.
     host_state, _ = checkpoint.restore_step(manager, loop.best.step, dp.unreplicate(state))
-    return training.test_eval.accuracy(training.evaluated(dp.replicate(host_state)))
+    return training.test_eval.accuracy(training.evaluated(dp.replicate(host_state), run.data))
 
 
 def final_results(config: ml_collections.ConfigDict, ssl: data_lib.SSLData, loop: LoopState,

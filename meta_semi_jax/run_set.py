@@ -61,11 +61,20 @@ class RunAxis:
         the host, once per run set)."""
         if self.num_runs == 1:
             return trees[0]
-        hosts = [jax.tree.leaves(self.dp.unreplicate(tree)) for tree in trees]
+        return self.place([self.dp.unreplicate(tree) for tree in trees])
+
+    def place(self, host_trees: Sequence[Any]) -> Any:
+        """The runs' trees on the host as one replicated tree with a run axis, placed
+        once: a set's training pools (``build.host_pools``) go to the devices only so, as
+        a run's own pools would be a second copy of them. One run: its tree, replicated."""
+        if self.num_runs == 1:
+            return self.dp.replicate(host_trees[0])
+        hosts = [jax.tree.leaves(tree) for tree in host_trees]
         # The first run's structure: its static fields (the train state's model and
         # optimiser functions) are equal in every run, as objects of their own.
         stacked = [np.stack(leaves) for leaves in zip(*hosts, strict=True)]
-        return self.dp.replicate(jax.tree.unflatten(jax.tree.structure(trees[0]), stacked))
+        return self.dp.replicate(jax.tree.unflatten(jax.tree.structure(host_trees[0]),
+                                                    stacked))
 
     def split(self, tree: Any) -> list[Any]:
         """Each run's slice of a stacked replicated tree (``take`` of every run, as one

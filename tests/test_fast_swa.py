@@ -213,7 +213,7 @@ def test_every_other_algorithm_evaluates_its_ema_model_as_it_is():
         config.algorithm = name
         made = algorithms.from_config(config, 10)
         assert made.weight_average is None and made.lr_cycles is None, name
-        assert evaluated_model(None, made, None, None, None, None) is the_ema_model
+        assert evaluated_model(None, made, None, None, None) is the_ema_model
 
 
 def test_the_recipe_is_fast_swas_cifar10_cnn13_in_epochs():

@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 import signal
 
+import jax
 import numpy as np
 import pytest
 
 from experiments import report
 from meta_semi_jax import run_set
+from meta_semi_jax.build import load_checked_data
 from meta_semi_jax.config_check import ConfigError, check_config
+from meta_semi_jax.loop import place_pools
+from meta_semi_jax.parallel import DataParallel, make_mesh
 from meta_semi_jax.run_dir import check_same_run_count
 from tests.run_files import (
     QUICK_RUN,
@@ -102,6 +106,32 @@ def test_run_configs_take_consecutive_seeds_and_splits():
         (3, 7, 1), (4, 8, 1), (5, 9, 1), (6, 10, 1)]
     config.parallel_runs_share_split = True
     assert [run_set.run_config(config, i).split_seed for i in range(4)] == [7] * 4
+
+
+def test_a_set_places_each_runs_pools_once(tmp_path):
+    """A set's pools reach the devices stacked along the run axis and nowhere else (a
+    run's own pools placed as well would double the set's data), and each run's source
+    gives its own pools back."""
+    config = load_config("digits", "50")
+    config.num_parallel_runs = 2
+    ssls = [load_checked_data(run_set.run_config(config, i), str(tmp_path / str(i)))
+            for i in range(2)]
+    pool_shape = ssls[0].unlabeled_images.shape
+    assert ssls[1].unlabeled_images.shape == pool_shape
+
+    def placed_pools(shape):
+        return sum(x.shape == shape for x in jax.live_arrays())
+
+    single_before, stacked_before = placed_pools(pool_shape), placed_pools((2, *pool_shape))
+    axis = run_set.RunAxis(DataParallel("shard_map", make_mesh()), 2)
+    data, sources = place_pools(axis, config, ssls, stream=None)
+    assert data.unlabeled_images.shape == (2, *pool_shape)
+    assert placed_pools((2, *pool_shape)) > stacked_before  # (with its per-device buffers)
+    assert placed_pools(pool_shape) == single_before
+    for ssl, source in zip(ssls, sources, strict=True):
+        np.testing.assert_array_equal(source().unlabeled_images, ssl.unlabeled_images)
+        np.testing.assert_array_equal(source().labeled_labels, ssl.labeled_labels)
+    assert not np.array_equal(ssls[0].labeled_labels, ssls[1].labeled_labels)
 
 
 def test_a_set_needs_the_replicated_pool_and_keeps_its_size(tmp_path):

@@ -149,10 +149,10 @@ def test_main_trains_on_mocked_cifar10(mock_tfds, tmp_path):
 
 def run_steps(config, ssl, num_steps=3):
     training = build.build_training(config, ssl)
-    state = training.state
+    state, data = training.state, build.place_data(training.dp, ssl, config)
     with jax.transfer_guard("disallow"):  # no implicit host<->device copy in a step
         for _ in range(num_steps):
-            state, _ = training.step_fn(state, training.data, training.run_key)
+            state, _ = training.step_fn(state, data, training.run_key)
     return training.dp.unreplicate(state.params)
 
 
@@ -176,7 +176,7 @@ def test_sharded_unlabeled_pool_each_device_holds_a_quarter(mock_tfds, tmp_path)
     raw = data_lib.load_raw(config)
     ssl = data_lib.split_dataset(raw, data_lib.split_indices(config, raw))
     training = build.build_training(config, ssl)
-    pool = training.data.unlabeled_images
+    pool = build.place_data(training.dp, ssl, config).unlabeled_images
     assert len(pool.addressable_shards) == 4
     assert ({shard.data.shape[0] for shard in pool.addressable_shards}
             == {len(ssl.unlabeled_images) // 4})
