@@ -23,7 +23,7 @@ def test_devices_hold_only_the_steps_unlabeled_batch():
     raw = data_lib.load_raw(config)
     ssl = data_lib.split_dataset(raw, data_lib.split_indices(config, raw))
     training = build.build_training(config, ssl)
-    batch = training.data.unlabeled_images
+    batch = build.place_data(training.dp, ssl, config, training.stream).unlabeled_images
     assert batch.shape == (config.unlabeled_batch_size,) + ssl.unlabeled_images.shape[1:]
     assert [s.data.shape[0] for s in batch.addressable_shards] == [
         config.unlabeled_batch_size // 4] * 4
