@@ -55,18 +55,21 @@ def test_checkpoints_without_best_metrics_name_no_best(tmp_path):
 
 @pytest.fixture(scope="module")
 def reports(finished_quick_run):
-    """The evaluate program's reports of the quick run (trained on 2 devices), on 1 and 4
-    devices: {(checkpoint, split, devices): report}."""
+    """Reports of the quick run (trained on 2 devices): the evaluate program's on 1
+    device, and ``evaluate.evaluate``'s in this process, on its 4 devices:
+    {(checkpoint, split, devices): report}."""
     workdir = finished_quick_run.workdir
-    found = {}
-    for which, split, devices in (("best", "test", 1), ("latest", "test", 4),
-                                  ("best", "validation", 4)):
-        proc = run_program("meta_semi_jax.evaluate", f"--workdir={workdir}",
-                           f"--checkpoint={which}", f"--split={split}", devices=devices)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert f"checkpoint {which} (step " in proc.stdout
-        found[which, split, devices] = json.loads(
-            (workdir / evaluate.report_name(which, split)).read_text())
+    proc = run_program("meta_semi_jax.evaluate", f"--workdir={workdir}",
+                       "--checkpoint=best", "--split=test", devices=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint best (step " in proc.stdout
+    found = {("best", "test", 1): json.loads(
+        (workdir / evaluate.report_name("best", "test")).read_text())}
+    for which, split in (("latest", "test"), ("best", "validation")):
+        report = json.loads(json.dumps(evaluate.evaluate(str(workdir), which, split)))
+        assert report["num_devices"] == 4
+        assert report == json.loads((workdir / evaluate.report_name(which, split)).read_text())
+        found[which, split, 4] = report
     return found
 
 
