@@ -43,7 +43,7 @@ def test_gpu_check_writes_every_part_on_the_cpu(tmp_path):
     out = tmp_path / "out"
     proc = run_program("experiments.gpu_check", f"--out={out}", "--models=small_cnn",
                        "--dtypes=float32", "--image_size=8", "--steps=2", "--warmup=0",
-                       "--e2e_steps=30")
+                       "--e2e_steps=30", timeout=600)  # 295 s once beside two training runs
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["machine"]["platform"] == "cpu" and report["machine"]["jax"]
