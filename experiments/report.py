@@ -64,9 +64,10 @@ class Runs:
 
 
 def mean_std(values: Sequence[float]) -> str:
-    """``mean ± sample std`` with two decimals (std 0 for a single value)."""
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+    """``mean ± sample std`` with two decimals; a single value alone, as it has no spread."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def paper_mean(value: str | None) -> float | None:

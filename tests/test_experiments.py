@@ -93,6 +93,7 @@ def test_selection_agreement_weights_each_evaluation_by_its_count():
 
 def test_mean_std_ranks_and_time_lookup():
     assert report.mean_std([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
+    assert report.mean_std([17.484]) == "17.48"
     assert report.ranks({"a": 3.0, "b": None, "c": 1.0}) == {"a": "2", "b": "-", "c": "1"}
     curve = [{"step": 1, "wall_seconds": 10.0, "test_accuracy": 60.0},
              {"step": 2, "wall_seconds": 20.0, "test_accuracy": 70.0}]
