@@ -115,14 +115,17 @@ def test_no_ema_makes_the_teacher_the_model_and_changes_nothing_else(problem):
     np.testing.assert_allclose(pseudo, jax.nn.softmax(logits), rtol=1e-6)
 
 
-@pytest.mark.parametrize("field,value", [("pseudo_label", "one_hot"), ("mixup", "none"),
-                                         ("weights", "ones")])
-def test_ablation_switches_are_refused_where_they_do_not_apply(field, value):
+@pytest.mark.parametrize("field,value,other", [
+    ("pseudo_label", "one_hot", "ict"), ("mixup", "none", "ict"), ("weights", "ones", "ict"),
+    ("meta_grad", "unrolled", "ict"), ("teacher_bn_mode", "eval", "vat")])
+def test_switches_are_refused_where_they_do_not_apply(field, value, other):
+    """An algorithm that does not read a switch refuses it rather than ignoring it."""
     config = digits.get_config("50")
     config[field] = value
     config_check.check_config(config, 1)  # fine for Meta-Semi
-    config.algorithm = "ict"
-    with pytest.raises(config_check.ConfigError, match=f"config.{field}=.*ablation of Meta-Semi"):
+    config.algorithm = other
+    with pytest.raises(config_check.ConfigError,
+                       match=f"config.{field}=.*{other}' does not use it, only .*meta_semi"):
         config_check.check_config(config, 1)
 
 
