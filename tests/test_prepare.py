@@ -2,7 +2,8 @@
 ``python -m meta_semi_jax.data prepare``'s function, then read back by the loader.
 
 The images encode their generator key, so the test also checks the record order that
-STL-10's fold mapping relies on: key k sits at ``file_index_to_tfds_position(n)[k]``.
+STL-10's fold mapping and Fashion-MNIST's file order rely on: key k sits at
+``file_index_to_tfds_position(n)[k]``.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from PIL import Image
 
 from meta_semi_jax import data as data_lib
 from meta_semi_jax.config_base import base_config
-from meta_semi_jax.data import stl10_folds
+from meta_semi_jax.data import stl10_folds, tfds_data
 from meta_semi_jax.data.__main__ import prepare
 
 NUM_TRAIN, NUM_TEST = 240, 60
@@ -82,10 +83,20 @@ def test_prepared_dataset_is_read_back_without_tensorflow(prepared_dir):
 
 def test_records_are_in_the_order_the_fold_mapping_assumes(prepared_dir):
     raw = data_lib.load_raw(config_for(prepared_dir))
-    positions = stl10_folds.file_index_to_tfds_position(NUM_TRAIN, "train")
+    positions = tfds_data.file_index_to_tfds_position(NUM_TRAIN, "train")
     train_keys = keys_of(raw.train_images)
     np.testing.assert_array_equal(train_keys[positions], np.arange(NUM_TRAIN))
     assert not np.array_equal(train_keys, np.arange(NUM_TRAIN))  # tfds did reorder them
+
+
+def test_a_split_keyed_by_file_index_is_read_back_in_file_order(prepared_dir):
+    """How Fashion-MNIST's tfds path returns the IDX files' order (its builder keys each
+    split's examples 0, 1, ...; here the training split is keyed that way)."""
+    source = tfds_data.tfds_source("tfds:tiny_keyed_digits")
+    images, labels = tfds_data.read_split_in_file_order("tfds:tiny_keyed_digits", source,
+                                                        "train", prepared_dir)
+    np.testing.assert_array_equal(keys_of(images), np.arange(NUM_TRAIN))
+    np.testing.assert_array_equal(labels, np.arange(NUM_TRAIN) % 10)
 
 
 def test_fold_file_round_trip(tmp_path):
@@ -97,7 +108,7 @@ def test_fold_file_round_trip(tmp_path):
     saved = stl10_folds.save_fold_file(str(tmp_path / "archive"), str(tmp_path / "data"))
     assert saved == stl10_folds.fold_file_path(str(tmp_path / "data"))
     positions = stl10_folds.load_fold_positions(str(tmp_path / "data"), 4, 100)
-    expected = stl10_folds.file_index_to_tfds_position(100, "train")[folds[4]]
+    expected = tfds_data.file_index_to_tfds_position(100, "train")[folds[4]]
     np.testing.assert_array_equal(positions, np.sort(expected))
     with pytest.raises(ValueError, match="folds 0-9"):
         stl10_folds.load_fold_positions(str(tmp_path / "data"), 10, 100)

@@ -98,7 +98,7 @@ def load_raw(config: ml_collections.ConfigDict) -> RawDataset:
 
 def load_fashion_mnist(config: ml_collections.ConfigDict) -> RawDataset:
     """Fashion-MNIST from its IDX files where ``fashion_mnist.idx_dir`` holds them, else
-    through tfds."""
+    through tfds, in the files' order either way (so both give the same split)."""
     directory = fashion_mnist.idx_dir(config.data_dir)
     if fashion_mnist.has_idx_files(directory):
         return RawDataset(*fashion_mnist.read_idx_split(directory, "train"),
@@ -106,10 +106,10 @@ def load_fashion_mnist(config: ml_collections.ConfigDict) -> RawDataset:
                           fashion_mnist.NUM_CLASSES)
     source = _source(config)
     try:
-        train_x, train_y = tfds_data.read_split(config.dataset, source, source.train_split,
-                                                config.data_dir)
-        test_x, test_y = tfds_data.read_split(config.dataset, source, source.test_split,
-                                              config.data_dir)
+        train_x, train_y = tfds_data.read_split_in_file_order(
+            config.dataset, source, source.train_split, config.data_dir)
+        test_x, test_y = tfds_data.read_split_in_file_order(
+            config.dataset, source, source.test_split, config.data_dir)
     except DataError as e:
         raise DataError(fashion_mnist.missing_message(directory, str(e))) from None
     return RawDataset(train_x, train_y, test_x, test_y, fashion_mnist.NUM_CLASSES)

@@ -5,7 +5,7 @@ folds of 1,000 training images. The folds live in ``fold_indices.txt`` of the
 official archive and index the *file order* of ``train_X.bin``. tfds' ``stl10``
 builder yields each training image under key = its file index, but writes a split's
 records sorted by ``Hasher(salt=split_name).hash_key(key)``, so the file order is
-lost. ``file_index_to_tfds_position`` recomputes it with tfds' own hasher.
+lost. ``tfds_data.file_index_to_tfds_position`` recomputes it with tfds' own hasher.
 ``python -m meta_semi_jax.data prepare stl10`` saves the fold file next to the data.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ import os
 import shutil
 
 import numpy as np
+
+from meta_semi_jax.data.tfds_data import file_index_to_tfds_position
 
 ARCHIVE_URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 FOLD_FILE_NAME = "stl10_fold_indices.txt"
@@ -36,17 +38,6 @@ def parse_fold_indices(text: str) -> np.ndarray:
         return np.asarray(lines, dtype=np.int64)
     except ValueError:
         raise ValueError("a fold file holds whitespace-separated integers only") from None
-
-
-def file_index_to_tfds_position(num_examples: int, split: str = "train") -> np.ndarray:
-    """``p[k]``: position in the prepared tfds split of the record with key ``k``."""
-    from tensorflow_datasets.core import hashing
-
-    hasher = hashing.Hasher(split)
-    order = sorted(range(num_examples), key=hasher.hash_key)  # keys in record order
-    positions = np.empty(num_examples, np.int64)
-    positions[order] = np.arange(num_examples)
-    return positions
 
 
 def fold_positions(fold_indices: np.ndarray, fold: int, num_examples: int,

@@ -99,6 +99,29 @@ def missing_data_message(dataset: str, source: TfdsSource, split: str, data_dir:
             + PREPARE_COMMAND.format(dataset=dataset, data_dir=data_dir))
 
 
+def file_index_to_tfds_position(num_examples: int, split: str = "train") -> np.ndarray:
+    """``p[k]``: position in the prepared tfds split of the record with key ``k``, for a
+    builder that keys a split's examples 0, 1, ... (tfds writes them sorted by
+    ``Hasher(salt=split).hash_key(key)``; this recomputes that order with its hasher)."""
+    from tensorflow_datasets.core import hashing
+
+    hasher = hashing.Hasher(split)
+    order = sorted(range(num_examples), key=hasher.hash_key)  # keys in record order
+    positions = np.empty(num_examples, np.int64)
+    positions[order] = np.arange(num_examples)
+    return positions
+
+
+def read_split_in_file_order(dataset: str, source: TfdsSource, split: str,
+                             data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split of a builder that keys each example by its index in the original
+    files (tfds' mnist family: Fashion-MNIST), in that file order, not tfds' record
+    order, so that it equals the arrays read from the files themselves."""
+    images, labels = read_split(dataset, source, split, data_dir)
+    positions = file_index_to_tfds_position(len(labels), split)
+    return images[positions], labels[positions]
+
+
 def _arrays_from_records(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
     labels = np.asarray([r["label"] for r in records], np.int32)
