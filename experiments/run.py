@@ -124,8 +124,8 @@ def main(argv: Sequence[str]) -> None:
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("table", None,
-                        "Table: 1, 2, 3, 4, 5 or fig3 (digits: 1, 5, fig3; fashion_mnist: 1, 5).")
+    flags.DEFINE_string("table", None, "The table to run; per --dataset: " + "; ".join(
+        f"{edition}: {', '.join(names)}" for edition, names in tables.TABLES.items()) + ".")
     flags.DEFINE_integer("seeds", 5, "Runs per cell, with seed = split_seed = 0..n-1.")
     flags.DEFINE_string("root", None, "Directory of all runs.")
     flags.DEFINE_enum("dataset", "paper", list(tables.EDITIONS),

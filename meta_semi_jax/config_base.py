@@ -29,8 +29,9 @@ def set_baseline_recipes(c: ml_collections.ConfigDict, *, steps_per_epoch: int,
     """The other algorithms' hyper-parameters, ``c.<algorithm>.*``, from their own papers
     (each module in ``meta_semi_jax/algorithms`` says where a value comes from).
 
-    Ramp-ups given in epochs use ``steps_per_epoch``; Mean Teacher's, given in images
-    (40,000 steps of 100), uses the config's batch sizes, so set them first. ICT's
+    Ramp-ups given in epochs use ``steps_per_epoch``; Mean Teacher's, 80 passes over the
+    ``num_train_images`` (its 40,000 steps of 100 over CIFAR-10's 50,000), uses the
+    config's batch sizes, so set them first. ICT's
     ramp-up (a quarter of training) and the weights scaled by the labeled fraction
     (Pi-model, Temporal Ensembling, Mean Teacher) follow overrides of ``num_train_steps`` and
     ``num_labels``.

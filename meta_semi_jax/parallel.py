@@ -1,6 +1,6 @@
 """Data parallelism over one named device axis, ``'batch'``.
 
-The per-device step is written once against ``AXIS``. ``distribute`` runs it either
+The per-device step is written once against ``AXIS``. ``DataParallel.run`` runs it either
 as ``jax.jit(jax.shard_map(...))`` over a 1-D mesh (the default) or as ``jax.pmap``;
 both give the same per-device semantics: gradients of local sums, made global by
 ``psum``. State lives replicated; under pmap it carries a leading device axis.

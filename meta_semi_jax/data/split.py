@@ -1,7 +1,8 @@
 """The semi-supervised split: validation, labeled and unlabeled indices of a training pool.
 
-A pure function of (labels, num_labels, num_validation, seed): the same arguments give
-the same split on every machine (Appendix C: labels kept evenly per class, validation
+A pure function of (labels, num_labels, num_validation, seed, unlabeled_includes_labeled),
+or for STL-10 of its predefined fold instead of num_labels: the same arguments give the
+same split on every machine (Appendix C: labels kept evenly per class, validation
 held out from the training set, all other samples unlabeled).
 """
 from __future__ import annotations
