@@ -198,15 +198,3 @@ def test_real_fashion_mnist_has_its_published_sizes(real_fashion_mnist):
     # README shows them), and the pixels span 0-255.
     np.testing.assert_array_equal(raw.train_labels[:4], [9, 0, 0, 3])
     assert raw.train_images.min() == 0 and raw.train_images.max() == 255
-
-
-@needs_real_files
-def test_real_fashion_mnist_matches_tfds_where_both_are_there(real_fashion_mnist):
-    source = data_lib.tfds_data.tfds_source("fashion_mnist")
-    try:
-        images, labels = data_lib.tfds_data.read_split("fashion_mnist", source, "test[:500]",
-                                                       "")
-    except DataError as e:
-        pytest.skip(f"tfds' fashion_mnist is not prepared here: {e}")
-    np.testing.assert_array_equal(images, real_fashion_mnist.test_images[:500])
-    np.testing.assert_array_equal(labels, real_fashion_mnist.test_labels[:500])
