@@ -110,6 +110,23 @@ def error_table(cells: Sequence[tables.Cell], runs: Runs, with_ranks: bool) -> l
     return lines
 
 
+def curve_end_table(cells: Sequence[tables.Cell], runs: Runs, last: int = 3) -> list[str]:
+    """Markdown: per method, each seed's test error and the mean over seeds of the
+    validation accuracy at the last ``last`` evaluations, to show where curves are flat."""
+    lines = [f"| method | test error per seed (%) | validation accuracy (%) at the last "
+             f"{last} evaluations, mean over seeds |", "|---|---|---|"]
+    for cell in cells:
+        errors = [r["test_error"] for r in runs.results(cell)]
+        steps, accuracies = mean_curve(runs.curves(cell), "val_accuracy")
+        if not errors or not steps:
+            continue
+        tail = " / ".join(f"{a:.2f}" for a in accuracies[-last:])
+        at = " / ".join(f"{s:,}" for s in steps[-last:])
+        lines.append(f"| {cell.method.row} | {' / '.join(f'{e:.2f}' for e in errors)} "
+                     f"| {tail} (steps {at}) |")
+    return lines
+
+
 def selection_agreement(curve: Sequence[dict[str, Any]]) -> float | None:
     """The share (%) of Eq. (9) selections that a cheaper score shares with the exact
     one over all of a run's steps (``log_selection_agreement``); None where not logged."""
@@ -268,6 +285,8 @@ def report(root: str, edition: str) -> str:
         title = TITLES.get(table, f"Table {table}")
         ranked = analogous and table in ("1", "5")
         out += [f"## {title}", ""] + error_table(cells, runs, ranked) + [""]
+        if table != "fig3":
+            out += curve_end_table(cells, runs) + [""]
         if table == "scores":
             out += agreement_table(cells, runs) + [""]
         written = [plot_beta(cells, runs, plots)] if table == "fig3" else []

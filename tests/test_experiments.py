@@ -110,6 +110,23 @@ def write_run(workdir: pathlib.Path, wall: float, curve: list[tuple[float, float
         for i, (t, a) in enumerate(curve)))
 
 
+def test_curve_end_table_gives_each_seed_and_the_mean_validation_tail(tmp_path):
+    cells = [c for c in tables.cells("digits", "1") if c.method in (tables.ICT,
+                                                                     tables.META_SEMI)]
+    ict = next(c for c in cells if c.method == tables.ICT)
+    for seed, (error, accuracies) in enumerate([(20.0, (70.0, 75.0, 78.0, 79.0)),
+                                                (22.5, (72.0, 77.0, 80.0, 80.0))]):
+        workdir = pathlib.Path(ict.run_dir(str(tmp_path), seed))
+        workdir.mkdir(parents=True)
+        (workdir / "results.json").write_text(json.dumps({"test_error": error}))
+        (workdir / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": 1000 * (i + 1), "val_accuracy": a}) + "\n"
+            for i, a in enumerate(accuracies)))
+    lines = report.curve_end_table(cells, report.Runs(str(tmp_path)))
+    assert lines[2:] == [
+        "| ICT | 20.00 / 22.50 | 76.00 / 79.00 / 79.50 (steps 2,000 / 3,000 / 4,000) |"]
+
+
 def test_table4_reads_errors_at_the_papers_time_fractions(tmp_path):
     budget = tables.TABLE4[0]  # ICT's 12.6 h defines our full time
     cells = [c for c in tables.cells("paper", "4") if c.config == budget.config]
