@@ -74,11 +74,22 @@ def test_the_fashion_mnist_edition_runs_the_digits_rows_on_the_configs_own_lengt
 def test_shards_are_disjoint_and_cover_the_runs_and_cells_filter():
     runs = run.runs_of(tables.cells("paper", "5"), "/r", 3, [])
     assert len(runs) == 9 * 2 * 3
+    # Seed by seed, so that a method's later seeds load its compiled programs.
+    assert [r.workdir[-6:] for r in runs] == [f"seed_{s}" for s in range(3) for _ in range(18)]
     shards = [run.select(runs, "/r", [], f"{i}/4") for i in range(4)]
     names = [r.workdir for shard in shards for r in shard]
     assert sorted(names) == sorted(r.workdir for r in runs) and len(set(names)) == len(names)
     kept = run.select(runs, "/r", ["cifar100_4000/meta_semi__mixup"], "0/1")
     assert len(kept) == 3 * 3  # three MixUp ablations, three seeds
+
+
+def test_the_runs_share_a_compilation_cache(monkeypatch):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert run.compilation_cache_dir("/r", None) == "/r/.jax_cache"
+    assert run.compilation_cache_dir("/r", "") == ""
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/cache")
+    assert run.compilation_cache_dir("/r", None) == "/cache"
+    assert run.compilation_cache_dir("/r", "/mine") == "/mine"
 
 
 def test_selection_agreement_weights_each_evaluation_by_its_count():
