@@ -10,7 +10,7 @@ Paper's test error (†, WRN-28): Meta-Semi 7.34 / 6.58 / 6.10 %, MixMatch 7.75 
 6.24 %, Mean Teacher 17.32 / 12.17 / 10.36 % for 1000 / 2000 / 4000 labels.
 Measured on one GPU (NVIDIA H200, jax 0.11.2; experiments/results/gpu_check_h200;
 WRN-28-2 at 32x32, 10 classes): the 1,048,576 steps take 3.73 h for Meta-Semi
-(12.8 ms/step) and 3.00 h for ICT (10.3 ms) in float32, counting the steps alone;
+(12.8 ms/step) and 3.01 h for ICT (10.3 ms) in float32, counting the steps alone;
 bfloat16 is no faster at this batch (13.1 ms). The paper's Table 4 gives 29.2 h for
 MixMatch's full WRN run on CIFAR-100 on a Titan Xp.
 """

@@ -6,13 +6,15 @@
 validation, the rest unlabeled) and a fixed test set of 500. Small CNN, the paper's
 optimiser (SGD Nesterov 0.9, lr 0.1 cosine, L2 1e-4), batch 32 labeled + 96 unlabeled
 (the paper's 1:3 ratio, divisible by any power-of-two device count up to 32).
-Translation by 1 px, no flip (digits are not mirror-symmetric). beta 0.5 had the best
-validation accuracy among 0.5 and 1.0; EMA decay 0.99 instead of 0.999 because
-4,000 steps are too few for a 1,000-step averaging horizon. The other algorithms
-(``--config.algorithm=...``) take CIFAR-10's recipes (``config.<algorithm>``), their
-ramp-ups measured in epochs of the 1,097 unlabeled images (12 steps each) and
-MixMatch's over the same 1/64 of the run as in its paper, and fast-SWA's cycles over
-the same fractions of the run as in its code's 1,200 epochs.
+Translation by 1 px, no flip (digits are not mirror-symmetric). beta 0.5, in the
+paper's range [0.2, 1]; Figure 3's digits runs (2,000 steps, seeds 0-2,
+experiments/results/digits) cannot tell it from 1.0: validation accuracy 91.67 against
+92.33 %, test error 7.67 against 8.00 %, both within a seed's spread. EMA decay 0.99
+instead of 0.999 because 4,000 steps are too few for a 1,000-step averaging horizon.
+The other algorithms (``--config.algorithm=...``) take CIFAR-10's recipes
+(``config.<algorithm>``), their ramp-ups measured in epochs of the 1,097 unlabeled
+images (12 steps each) and MixMatch's over the same 1/64 of the run as in its paper,
+and fast-SWA's cycles over the same fractions of the run as in its code's 1,200 epochs.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def get_config(num_labels: str = "50") -> ml_collections.ConfigDict:
     c.flip = False
     c.labeled_batch_size = 32          # divisible by 1, 2, 4, 8, 16 and 32 devices
     c.unlabeled_batch_size = 96
-    c.beta = 0.5                       # in the paper's range [0.2, 1], chosen on validation
+    c.beta = 0.5                       # in the paper's range [0.2, 1] (docstring)
     c.ema_decay = 0.99                 # a 4,000-step run needs a teacher that keeps up
     c.num_train_steps = 4000
     c.eval_every_steps = 200

@@ -14,10 +14,12 @@ L2 1e-4, 25 labeled + 75 unlabeled images a step (1:3). The model is ``cnn13_sma
 EMA decay 0.99 for every method, not the CNN-13 lineage's 0.999: 0.999 averages over
 about 1,000 steps, 42% of this run (0.3% of the paper's), so the evaluated model and
 the teacher lag far behind the student. Measured on validation (seed and split seed
-0, the edition's 2,400 steps; ``--config.ema_decay=0.999`` for the other): supervised
-training ends at 82.62% with 0.99 and still climbing at 80.38% with 0.999 (79.64%
-at step 2,200); Meta-Semi is at 70.34% after 400 steps with 0.99 and 65.48% with
-0.999. The digits config does the same for the same reason.
+0, the edition's 2,400 steps; ``--config.ema_decay=0.999`` for the other; files in
+experiments/results/ema_check and bn_statistics): supervised training ends at 82.62%
+with 0.99 and still climbing at 80.38% with 0.999 (79.64% at step 2,200); Meta-Semi
+is at 70.34% after 400 steps with 0.99 and 65.48% with 0.999. On splits 1 and 2,
+supervised training with 0.999 ends at 83.98 and 83.32% (0.44 and 1.18 points above
+step 2,000). The digits config does the same for the same reason.
 
 Length: 2,400 steps (3.3 passes over the 55,000 unlabeled images), an evaluation every
 200. The paper's 600 epochs do not fit a CPU, so a recipe's "epoch" here is 1/600 of
@@ -29,20 +31,21 @@ ball per pixel, 8.0 * sqrt(784 / 3072).
 
 Why 2,400 steps: the Fashion-MNIST edition of Tables 1 and 5 (``experiments/tables.py``,
 20 methods x 3 seeds) has to fit about 6 hours of a 2-core CPU. Measured on this
-project's 2-core CPU machine (2026-11-26, unloaded, jax 0.10 on the CPU; 10 timed
-steps a row):
+project's 2-core CPU machine (2026-11-27, unloaded, jax 0.10.2 on the CPU; 10 timed
+steps a row; experiments/results/fashion_mnist/benchmark_cpu.json):
 
     python -m meta_semi_jax.benchmark --model=cnn13_small --steps=10 --warmup=2 \
         --algorithms=supervised,supervised_mixup,pi_model,temporal_ensembling,\
-    mean_teacher,mean_teacher_fast_swa,vat,sntg,l2rw,ict,mixmatch,meta_semi,meta_semi_ict
+    mean_teacher,mean_teacher_fast_swa,vat,sntg,l2rw,ict,mixmatch,meta_semi,meta_semi_ict \
+        --json=benchmark_cpu.json
 
-ms/step: supervised 15, supervised + MixUp 18, Pi-model 134, Temporal Ensembling 66,
-Mean Teacher 116, MT + fast-SWA 106, VAT 195, SNTG 80, L2RW 143, ICT 94, MixMatch 200,
-Meta-Semi 144, Meta-Semi + ICT 247. Table 1's 13 methods take 1.56 s for one step of
-each, Table 5's 7 Meta-Semi ablations about 1.0 s more: 2.6 s a step for one seed of
-every method, 7.7 s for three. 2,400 steps are then 5.1 hours of steps, plus about
-40 s of compilation and 12 evaluations a run (60 runs: about 1 hour), so about 6 hours
-in all with one run at a time (``--jobs=2`` overlaps them).
+ms/step: supervised 21, supervised + MixUp 21, Pi-model 133, Temporal Ensembling 86,
+Mean Teacher 107, MT + fast-SWA 119, VAT 185, SNTG 125, L2RW 167, ICT 102, MixMatch 171,
+Meta-Semi 152, Meta-Semi + ICT 221. Table 1's 13 methods take 1.59 s for one step of
+each, Table 5's 7 Meta-Semi ablations about 1.0 s more (Meta-Semi's step or less):
+2.6 s a step for one seed of every method, 7.8 s for three. 2,400 steps are then 5.2
+hours of steps, plus compilation and 12 evaluations a run, so about 6 hours in all
+with one run at a time (``--jobs=2`` overlaps them).
 
 Measured runs (seed and split seed 0, 2026-11-26, this 2-core machine shared by two to
 four runs at a time, so a run alone is faster): supervised 305 s, supervised + MixUp

@@ -9,8 +9,8 @@ and MixMatch's SVHN lambda_u 250 for those algorithms (``config.<algorithm>``).
 Paper's test error, 500 / 1000 labels: Meta-Semi 4.12 / 3.92 %, Meta-Semi + ICT
 3.98 / 3.77 %, ICT 4.23 / 3.89 %, Mean Teacher 4.18 / 3.95 %, Pi-model 6.65 / 4.82 %.
 Measured on one GPU (NVIDIA H200, jax 0.11.2; experiments/results/gpu_check_h200):
-the 578,056 steps take 1.54 h for Meta-Semi in float32 (9.6 ms/step) and 1.17 h in
-bfloat16 (7.3 ms), ICT 1.16 / 0.85 h, counting the steps alone (not evaluations or
+the 578,056 steps take 1.54 h for Meta-Semi in float32 (9.6 ms/step) and 1.18 h in
+bfloat16 (7.3 ms), ICT 1.15 / 0.85 h, counting the steps alone (not evaluations or
 checkpoints). The paper's ICT run took 12.6 h on a Titan Xp (Table 4).
 """
 from __future__ import annotations
