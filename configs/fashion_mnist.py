@@ -45,14 +45,18 @@ Meta-Semi 152, Meta-Semi + ICT 221. Table 1's 13 methods take 1.59 s for one ste
 each, Table 5's 7 Meta-Semi ablations about 1.0 s more (Meta-Semi's step or less):
 2.6 s a step for one seed of every method, 7.8 s for three. 2,400 steps are then 5.2
 hours of steps, plus compilation and 12 evaluations a run, so about 6 hours in all
-with one run at a time (``--jobs=2`` overlaps them).
+with one run at a time (``--jobs=2`` overlaps them). Measured with ``--jobs=2``
+(2026-11-27): seven methods' seeds 1 and 2 took 1.38 times their benchmark steps
+(1.27 to 1.66), so the edition takes about 7 hours (README, "The Fashion-MNIST
+edition").
 
 Measured runs (seed and split seed 0, 2026-11-26, this 2-core machine shared by two to
 four runs at a time, so a run alone is faster): supervised 305 s, supervised + MixUp
 435 s, ICT 1,435 s, Meta-Semi 1,823 s (``wall_seconds`` in results.json). Test error
-of the final model: supervised 17.48 %, supervised + MixUp 17.82 %, ICT 22.91 %,
-Meta-Semi 20.73 %; every validation curve is flat over the last 400 steps. The
-Fashion-MNIST edition (README) has the other rows and seeds as they finish.
+of the final model over seeds 0-2: supervised 16.49 ± 1.04 %, supervised + MixUp
+18.15 ± 0.30 %, ICT 21.93 ± 0.85 %, Meta-Semi 20.50 ± 0.27 %; every validation curve
+is within 0.8 points over its last 400 steps. The Fashion-MNIST edition (README) has
+the other rows and seeds as they finish.
 
 """
 from __future__ import annotations
