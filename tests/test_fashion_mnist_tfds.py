@@ -23,7 +23,7 @@ from tensorflow_datasets.core.download import checksums  # noqa: E402
 
 from meta_semi_jax import data as data_lib  # noqa: E402
 from meta_semi_jax.data import fashion_mnist  # noqa: E402
-from tests.run_files import load_config  # noqa: E402
+from tests.test_fashion_mnist import fashion_config  # noqa: E402
 
 pytestmark = [
     pytest.mark.tensorflow,
@@ -52,15 +52,9 @@ def tfds_dir(tmp_path_factory):
     return data_dir
 
 
-def config_reading(data_dir: str):
-    config = load_config("fashion_mnist", "1000")
-    config.data_dir = data_dir
-    return config
-
-
 def test_tfds_and_the_idx_files_give_the_same_arrays(tfds_dir):
-    from_idx = data_lib.load_raw(config_reading(""))  # '' reads Debian's folder
-    from_tfds = data_lib.load_raw(config_reading(str(tfds_dir)))  # no IDX files there
+    from_idx = data_lib.load_raw(fashion_config(""))  # '' reads Debian's folder
+    from_tfds = data_lib.load_raw(fashion_config(tfds_dir))  # no IDX files there
     for field in ("train_images", "train_labels", "test_images", "test_labels"):
         np.testing.assert_array_equal(getattr(from_tfds, field), getattr(from_idx, field),
                                       err_msg=field)
