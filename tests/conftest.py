@@ -1,6 +1,7 @@
 """Settings every test process shares, set before JAX is imported.
 
-- Four simulated CPU devices (``XLA_FLAGS``).
+- Four simulated CPU devices (``XLA_FLAGS``), whose collectives may wait longer than
+  XLA:CPU's default 40 s (``run_files.CPU_COLLECTIVE_TIMEOUT_FLAG``).
 - One persistent compilation cache for the whole test session, in a fresh temporary
   directory: the pytest workers (pytest-xdist), the in-process runs and every
   ``python -m meta_semi_jax.main`` subprocess inherit it through the environment, so a
@@ -28,11 +29,18 @@ import time
 import pytest
 
 # Neither imports JAX, so the environment below is still set before it is imported.
-from tests.run_files import QUICK_RUN, QUICK_RUN_DEVICES, QUICK_RUN_DIAGNOSTICS, run_program
+from tests.run_files import (
+    CPU_COLLECTIVE_TIMEOUT_FLAG,
+    QUICK_RUN,
+    QUICK_RUN_DEVICES,
+    QUICK_RUN_DIAGNOSTICS,
+    run_program,
+)
 
 DEVICES_FLAG = "--xla_force_host_platform_device_count=4"
-if DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DEVICES_FLAG}".strip()
+for _flag in (DEVICES_FLAG, CPU_COLLECTIVE_TIMEOUT_FLAG):
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process of the session
     _cache_dir = tempfile.mkdtemp(prefix="meta_semi_jax_tests_xla_cache_")

@@ -29,12 +29,20 @@ QUICK_RUN_DIAGNOSTICS = ("--config.log_assumption_ratio=True",
                          "--config.assumption_ratio_samples=1")
 
 
+# XLA:CPU ends a program (SIGABRT) when its simulated devices reach a collective more
+# than 40 s apart, its default; two test workers and their programs on a 2-core machine
+# can delay one device's thread that long (seen once in CI: an all-gather of the
+# parallel-runs program). The suite's programs wait up to 10 minutes, their own timeout.
+CPU_COLLECTIVE_TIMEOUT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds=600"
+
+
 def program_environment(devices: int | None = None) -> dict[str, str]:
     """This process's environment (with the session's compilation cache, see
     ``conftest.py``) for a program with ``devices`` simulated CPU devices, or with
     XLA's own default (one CPU device) when ``devices`` is None. The repository comes
     first on the module path, then whatever this process's ``PYTHONPATH`` holds."""
-    flags = "" if devices is None else f"--xla_force_host_platform_device_count={devices}"
+    flags = ("" if devices is None else
+             f"--xla_force_host_platform_device_count={devices} {CPU_COLLECTIVE_TIMEOUT_FLAG}")
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     return dict(os.environ, XLA_FLAGS=flags, PYTHONPATH=path)
 
